@@ -1,0 +1,52 @@
+# txguard entry points. Each target bootstraps what it needs on a machine with Python 3.11+, make and git.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+RUN := $(VENV)/bin
+
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_ENABLE_TELEMETRY := false
+export PYSPARK_PYTHON := $(CURDIR)/$(VENV)/bin/python
+
+.PHONY: install demo test test-fast ui ui-readonly mlflow lint format bench clean
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+install: $(VENV)/.installed ## create .venv from uv.lock
+
+demo: install ## simulate data and run the whole pipeline end to end
+	$(RUN)/txguard demo
+
+test: install ## the whole test suite, slow end-to-end tests included
+	$(RUN)/pytest
+
+test-fast: install ## everything but the slow end-to-end tests
+	$(RUN)/pytest -m "not slow"
+
+ui: install ## Dagster web UI and daemon on http://127.0.0.1:3000
+	$(RUN)/txguard ui
+
+ui-readonly: install ## a read-only web UI for reviewers on http://127.0.0.1:3001
+	$(RUN)/txguard ui --read-only --port 3001
+
+lint: install ## ruff lint and format check
+	$(RUN)/ruff check .
+	$(RUN)/ruff format --check .
+
+format: install
+	$(RUN)/ruff check --fix .
+	$(RUN)/ruff format .
+
+bench: install ## benchmarks: printed ratios against references measured in the same run
+	$(RUN)/python -m benchmarks
+
+clean: ## remove the local data home (.txguard) and build outputs
+	rm -rf .txguard dbt_project/target dbt_project/logs

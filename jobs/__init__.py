@@ -1,0 +1,1 @@
+"""txguard engine code: plain Python, no Dagster import, each job runnable on its own."""

@@ -1,0 +1,46 @@
+"""``txguard run``, ``demo`` and ``ui``: the pipeline through the same Dagster definitions the UI shows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import click
+
+from jobs.settings import REPO_ROOT, SettingsError, load_settings
+
+
+def prepared_settings():
+    """Settings from the environment, with the Dagster home ready; a bad setting exits with its name."""
+    from orchestration.instance import prepare_dagster_home
+
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    settings.home.mkdir(parents=True, exist_ok=True)
+    prepare_dagster_home(settings)
+    return settings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address the web UI binds to")
+@click.option("--port", default=3000, show_default=True, type=int)
+@click.option("--read-only", is_flag=True, help="serve a read-only UI for reviewers (no daemon)")
+def ui(host: str, port: int, read_only: bool) -> None:
+    """Start the Dagster web UI (and the daemon that runs schedules and sensors)."""
+    prepared_settings()
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    if read_only:
+        argv = ["dagster-webserver", "-w", workspace, "-h", host, "-p", str(port), "--read-only"]
+    else:
+        argv = ["dagster", "dev", "-w", workspace, "-h", host, "-p", str(port)]
+    click.echo(f"Dagster UI on http://{host}:{port}  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    bin_dir = os.path.dirname(sys.executable)
+    raise SystemExit(subprocess.call([os.path.join(bin_dir, argv[0]), *argv[1:]], cwd=REPO_ROOT))
+
+
+commands: list[click.Command] = [ui]

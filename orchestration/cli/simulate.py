@@ -1,0 +1,5 @@
+"""``txguard simulate``: write a landing zone of simulated card transactions."""
+
+import click
+
+commands: list[click.Command] = []
