@@ -7,7 +7,16 @@ LightGBM are imported inside asset bodies so that the UI and the daemon load the
 import dagster as dg
 
 from orchestration.defs import features, ingest, lineage, monitoring, scoring, training, warehouse
+from orchestration.partitions import daily_partitions
 from orchestration.resources import TxguardSettings
+from orchestration.runs import PIPELINE_JOB
+
+daily_pipeline = dg.define_asset_job(
+    PIPELINE_JOB,
+    selection=dg.AssetSelection.all(),
+    partitions_def=daily_partitions,
+    description="The whole chain for a partition range: ingest, dbt, checks, features, training, scoring.",
+)
 
 defs = dg.Definitions.merge(
     ingest.defs,
@@ -17,5 +26,5 @@ defs = dg.Definitions.merge(
     scoring.defs,
     monitoring.defs,
     lineage.defs,
-    dg.Definitions(resources={"settings": TxguardSettings()}),
+    dg.Definitions(jobs=[daily_pipeline], resources={"settings": TxguardSettings()}),
 )

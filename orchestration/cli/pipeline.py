@@ -43,4 +43,39 @@ def ui(host: str, port: int, read_only: bool) -> None:
     raise SystemExit(subprocess.call([os.path.join(bin_dir, argv[0]), *argv[1:]], cwd=REPO_ROOT))
 
 
-commands: list[click.Command] = [ui]
+def run_range_or_exit(start: str, end: str) -> None:
+    """Materialize the chain for ``[start, end]`` in one recorded run; exit non-zero if anything failed."""
+    import dagster as dg
+
+    from orchestration.definitions import defs
+    from orchestration.runs import run_partition_range
+
+    prepared_settings()
+    with dg.DagsterInstance.get() as instance:
+        try:
+            outcome = run_partition_range(defs, start, end, instance)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+    click.echo(f"\nrun {outcome.run_id}: {'succeeded' if outcome.success else 'FAILED'}")
+    click.echo(f"  materialized: {', '.join(outcome.materialized) or 'nothing'}")
+    for label, items in (
+        ("failed steps", outcome.failed_steps),
+        ("failed checks", outcome.failed_checks),
+        ("checks with warnings", outcome.warned_checks),
+        ("skipped (upstream failed)", outcome.skipped_steps),
+    ):
+        if items:
+            click.echo(f"  {label}: {', '.join(items)}")
+    if not outcome.success:
+        raise SystemExit(1)
+
+
+@click.command("run")
+@click.option("--from", "start", required=True, metavar="YYYY-MM-DD", help="first partition (business day)")
+@click.option("--to", "end", required=True, metavar="YYYY-MM-DD", help="last partition, inclusive")
+def run_command(start: str, end: str) -> None:
+    """Materialize every asset for a partition range, headless, as one run the UI shows."""
+    run_range_or_exit(start, end)
+
+
+commands: list[click.Command] = [ui, run_command]
