@@ -34,6 +34,9 @@ test-fast: install ## everything but the slow end-to-end tests
 ui: install ## Dagster web UI and daemon on http://127.0.0.1:3000
 	$(RUN)/txguard ui
 
+mlflow: install ## MLflow tracking server and UI on http://127.0.0.1:5000
+	$(RUN)/txguard mlflow
+
 ui-readonly: install ## a read-only web UI for reviewers on http://127.0.0.1:3001
 	$(RUN)/txguard ui --read-only --port 3001
 

@@ -43,6 +43,31 @@ def ui(host: str, port: int, read_only: bool) -> None:
     raise SystemExit(subprocess.call([os.path.join(bin_dir, argv[0]), *argv[1:]], cwd=REPO_ROOT))
 
 
+@click.command("mlflow")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def mlflow_ui(host: str, port: int) -> None:
+    """Start the MLflow tracking server and UI on the pipeline's tracking store."""
+    settings = prepared_settings()
+    if not settings.tracking_uri.startswith("sqlite:"):
+        raise click.ClickException(f"TXGUARD_MLFLOW_URI={settings.tracking_uri} is a remote server already")
+    settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+    argv = [
+        os.path.join(os.path.dirname(sys.executable), "mlflow"),
+        "server",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--artifacts-destination",
+        str(settings.mlflow_artifact_root),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    click.echo(f"MLflow UI on http://{host}:{port}  (store {settings.tracking_uri})")
+    raise SystemExit(subprocess.call(argv))
+
+
 def run_range_or_exit(start: str, end: str) -> None:
     """Materialize the chain for ``[start, end]`` in one recorded run; exit non-zero if anything failed."""
     import dagster as dg
@@ -78,4 +103,4 @@ def run_command(start: str, end: str) -> None:
     run_range_or_exit(start, end)
 
 
-commands: list[click.Command] = [ui, run_command]
+commands: list[click.Command] = [ui, mlflow_ui, run_command]
