@@ -23,6 +23,7 @@ class TxguardSettings(dg.ConfigurableResource):
     mlflow_uri: str | None = Field(default=None, description="TXGUARD_MLFLOW_URI")
     spark_master: str | None = Field(default=None, description="TXGUARD_SPARK_MASTER")
     training_device: str | None = Field(default=None, description="TXGUARD_TRAINING_DEVICE")
+    quarantine_threshold: float | None = Field(default=None, description="TXGUARD_QUARANTINE_THRESHOLD")
 
     def load(self) -> Settings:
         return load_settings(
@@ -33,4 +34,5 @@ class TxguardSettings(dg.ConfigurableResource):
             mlflow_uri=self.mlflow_uri,
             spark_master=self.spark_master,
             training_device=self.training_device,
+            quarantine_threshold=self.quarantine_threshold,
         )

@@ -1,5 +1,167 @@
-"""Dagster definitions for the ingest domain."""
+"""Ingest: landing files → raw lake partitions under the pandera contract, bad rows and files to quarantine.
+
+The assets are thin: parsing, the contract and the quarantine live in jobs/ingest.py; listing and naming
+in jobs/landing.py. The landing sensor turns each new or changed file into one run for its day.
+"""
+
+import datetime as dt
+from typing import TYPE_CHECKING
 
 import dagster as dg
+from pydantic import Field
 
-defs = dg.Definitions()
+from jobs.landing import list_landing, misnamed_files, plan_landing
+from jobs.layout import parse_day
+from orchestration.partitions import PARTITION_START, daily_partitions, single_run_backfill
+from orchestration.resources import TxguardSettings
+
+if TYPE_CHECKING:
+    from jobs.ingest import DayResult
+
+CHECK_NAME = "rejected_share_below_threshold"
+FIRST_DAY = dt.date.fromisoformat(PARTITION_START)
+ASSET_FOR_SOURCE = {
+    "transactions": dg.AssetKey("raw_transactions"),
+    "fraud_reports": dg.AssetKey("raw_fraud_reports"),
+}
+
+
+def _check_spec(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        CHECK_NAME,
+        asset=asset,
+        blocking=True,
+        description="fails the run (and stops everything downstream) when a file's quarantined share of rows"
+        " passes TXGUARD_QUARANTINE_THRESHOLD, or the file could not be read at all",
+    )
+
+
+def rejected_share_check(results: "list[DayResult]", threshold: float) -> dg.AssetCheckResult:
+    """One verdict for the run's days: each day over the threshold named with its file, counts and rules."""
+    failing = [result for result in results if result.rejected_share > threshold]
+    lines = [
+        f"{r.day}: {r.source_file}: "
+        + (f"{r.quarantined} of {r.rows_in} rows quarantined" if r.rows_in else "the whole file rejected")
+        + f" ({r.rejected_share:.1%} > {threshold:.1%}); top rules "
+        + ", ".join(f"{rule}={count}" for rule, count in list(r.rules.items())[:3])
+        for r in failing
+    ]
+    return dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        passed=not failing,
+        description="\n".join(lines) or f"every file under {threshold:.1%} rejected",
+        metadata={
+            "threshold": threshold,
+            "worst_share": max((r.rejected_share for r in results), default=0.0),
+            "failing_days": [r.day.isoformat() for r in failing],
+        },
+    )
+
+
+def _ingest(
+    context: dg.AssetExecutionContext, settings: TxguardSettings, source: str
+) -> dg.MaterializeResult:
+    from jobs.ingest import ingest_days  # pandera pulls in pyspark.pandas: keep it out of the location load
+
+    config = settings.load()
+    days = [parse_day(key) for key in context.partition_keys]
+    results = ingest_days(config.landing, config.lake, source, days, run_id=context.run_id)
+    for result in results:
+        summary = result.summary()
+        context.add_asset_metadata(
+            {**summary, "dagster/row_count": result.accepted.num_rows}, partition_key=result.day.isoformat()
+        )
+        context.log.info(f"{source} {result.day}: {summary}")
+    return dg.MaterializeResult(check_results=[rejected_share_check(results, config.quarantine_threshold)])
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=single_run_backfill,
+    group_name="ingest",
+    kinds={"pandera", "parquet"},
+    check_specs=[_check_spec("raw_transactions")],
+)
+def raw_transactions(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
+    """Card transactions of each day, as delivered and validated; a day without a landing file is an error."""
+    return _ingest(context, settings, "transactions")
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=single_run_backfill,
+    group_name="ingest",
+    kinds={"pandera", "parquet"},
+    deps=[raw_transactions],
+    check_specs=[_check_spec("raw_fraud_reports")],
+)
+def raw_fraud_reports(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
+    """Fraud reports by arrival day, each tied to a transaction already in the lake; no file = no reports."""
+    return _ingest(context, settings, "fraud_reports")
+
+
+class LandingRejectsConfig(dg.Config):
+    uris: list[str] = Field(
+        default_factory=list,
+        description="badly named files to quarantine; empty: all in the landing zone",
+    )
+
+
+@dg.asset(group_name="ingest", kinds={"json"})
+def landing_file_rejects(
+    context: dg.AssetExecutionContext, config: LandingRejectsConfig, settings: TxguardSettings
+) -> dg.MaterializeResult:
+    """Landing files whose name maps to no partition, copied with their reason under quarantine/misnamed."""
+    from jobs.ingest import quarantine_misnamed
+
+    txguard = settings.load()
+    records = quarantine_misnamed(
+        misnamed_files(txguard.landing, FIRST_DAY, config.uris), txguard.lake, run_id=context.run_id
+    )
+    for record in records:
+        context.log.warning(f"quarantined {record['uri']!r}: {record['reason']}")
+    return dg.MaterializeResult(
+        metadata={
+            "files": len(records),
+            "records": [{k: r[k] for k in ("uri", "reason", "content")} for r in records],
+        }
+    )
+
+
+@dg.sensor(
+    target=[raw_transactions, raw_fraud_reports, landing_file_rejects],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSettings) -> dg.SensorResult:
+    """One run per new or changed landing file (run key = path:size:etag-or-mtime), one listing per folder."""
+    landing = settings.load().landing
+    last_day = parse_day(daily_partitions.get_last_partition_key())
+    plan = plan_landing(list_landing(landing), context.cursor, FIRST_DAY, last_day)
+    requests = [
+        dg.RunRequest(
+            run_key=file.fingerprint,
+            partition_key=day.isoformat(),
+            asset_selection=[ASSET_FOR_SOURCE[file.source]],
+            tags={"txguard/landing_file": file.uri[-255:]},
+        )
+        for file, day in plan.ingest
+    ]
+    requests += [
+        dg.RunRequest(
+            run_key=f"{file.uri}:{file.size}",
+            asset_selection=[dg.AssetKey("landing_file_rejects")],
+            run_config=dg.RunConfig(ops={"landing_file_rejects": LandingRejectsConfig(uris=[file.uri])}),
+        )
+        for file, _ in plan.rejects
+    ]
+    if plan.waiting:
+        context.log.info(f"{len(plan.waiting)} file(s) dated after {last_day} wait for their partition")
+    if not requests:
+        return dg.SensorResult(skip_reason="no new or changed landing file", cursor=plan.cursor)
+    return dg.SensorResult(run_requests=requests, cursor=plan.cursor)
+
+
+defs = dg.Definitions(
+    assets=[raw_transactions, raw_fraud_reports, landing_file_rejects], sensors=[landing_sensor]
+)
