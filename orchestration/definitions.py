@@ -13,7 +13,7 @@ from orchestration.runs import PIPELINE_JOB
 
 daily_pipeline = dg.define_asset_job(
     PIPELINE_JOB,
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("landing_file_rejects"),
     partitions_def=daily_partitions,
     description="The whole chain for a partition range: ingest, dbt, checks, features, training, scoring.",
 )
