@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from orchestration.cli import demo, lineage, pipeline, simulate
+from orchestration.cli import analyst, demo, lineage, models, pipeline, simulate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -15,5 +15,12 @@ def main() -> None:
     """txguard: batch fraud scoring for card transactions."""
 
 
-for command in (*simulate.commands, *pipeline.commands, *demo.commands, *lineage.commands):
+for command in (
+    *simulate.commands,
+    *pipeline.commands,
+    *demo.commands,
+    *lineage.commands,
+    *analyst.commands,
+    *models.commands,
+):
     main.add_command(command)
