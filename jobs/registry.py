@@ -101,6 +101,8 @@ class TrainingRun:
     device_reason: str
     data_digest: str
     window: dict[str, str]
+    training_rows: int
+    params: dict[str, object]
 
 
 @dataclass(frozen=True)
@@ -406,6 +408,8 @@ def log_training_run(
         device_reason=model.device.reason,
         data_digest=data.digest,
         window=data.window.as_dict(),
+        training_rows=len(data.train) + len(data.validation),
+        params=dict(model.lightgbm_params),
     )
 
 

@@ -184,8 +184,12 @@ def score_days(
     upstream_runs: Mapping[dt.date, Mapping[str, str]] | None = None,
     explain: Explain = "review",
 ) -> list[ScoredDay]:
-    """Score and write each day with ``model``; each day is replaced atomically with its audit record."""
-    from jobs.audit import ScoringRun
+    """Score and write each day with ``model``; each day is replaced atomically with its audit record.
+
+    Checks that name an ``asset`` are upstream validations (pandera, dbt, Great Expectations): each is
+    recorded for the day before the day's scoring record, so the audit chain shows what gated it.
+    """
+    from jobs.audit import ScoringRun, ValidationResult, record
 
     uris = require_features(settings.lake, days)
     done = []
@@ -210,6 +214,20 @@ def score_days(
                 mlflow_run_id=model.run_id,
                 upstream_runs=dict((upstream_runs or {}).get(day, {})),
             )
+            for check in checks:
+                if "asset" in check:
+                    record(
+                        connection,
+                        ValidationResult(
+                            day=day,
+                            tool=str(check["tool"]),
+                            check_name=str(check["name"]),
+                            asset=str(check["asset"]),
+                            passed=bool(check["passed"]),
+                            details=dict(check),
+                            dagster_run_id=check.get("dagster_run_id"),
+                        ),
+                    )
             write = write_partition(connection, day, scores, audit_entry=entry)
             done.append(ScoredDay(write, explained, seconds))
     return done

@@ -41,13 +41,16 @@ def _echo_record(record) -> None:
 @click.option("--reason", required=True, help="why (recorded with the decision)")
 def promote(version: int, reason: str) -> None:
     """Make a registered version the champion (bypasses the gate; recorded)."""
+    from jobs.audit_trail import record_decision
     from jobs.registry import RegistryError
     from jobs.registry import promote as promote_version
 
+    settings = _settings()
     try:
-        record = promote_version(version, reason, _actor(), tracking_uri=_settings().tracking_uri)
+        record = promote_version(version, reason, _actor(), tracking_uri=settings.tracking_uri)
     except RegistryError as error:
         raise click.ClickException(str(error)) from None
+    record_decision(settings, record, dagster_run_id=None)
     _echo_record(record)
 
 
@@ -55,13 +58,16 @@ def promote(version: int, reason: str) -> None:
 @click.option("--reason", required=True, help="why (recorded with the decision)")
 def rollback(reason: str) -> None:
     """Give @champion back to the version the current champion replaced."""
+    from jobs.audit_trail import record_decision
     from jobs.registry import RegistryError
     from jobs.registry import rollback as rollback_champion
 
+    settings = _settings()
     try:
-        record = rollback_champion(reason, _actor(), tracking_uri=_settings().tracking_uri)
+        record = rollback_champion(reason, _actor(), tracking_uri=settings.tracking_uri)
     except RegistryError as error:
         raise click.ClickException(str(error)) from None
+    record_decision(settings, record, dagster_run_id=None)
     _echo_record(record)
 
 

@@ -107,6 +107,7 @@ def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSetti
             "passed": True,
             "version": model.feature_set_version,
         },
+        *gating_checks(context),
     ]
     keys = context.partition_keys
     days = score_days(
@@ -121,6 +122,40 @@ def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSetti
     )
     publish_snapshot(loaded.warehouse_path, loaded.snapshot_path)
     return dg.MaterializeResult(metadata=scoring_metadata(model, days, time.perf_counter() - started))
+
+
+PANDERA_ASSETS = {"raw_transactions", "raw_fraud_reports", "transaction_features"}
+
+
+def check_tool(check_key: dg.AssetCheckKey) -> str:
+    """Which validation tool a check belongs to, for the audit trail."""
+    if check_key.asset_key.to_user_string() in PANDERA_ASSETS:
+        return "pandera"
+    if check_key.name.startswith("gx_"):
+        return "great_expectations"
+    return "dbt"
+
+
+def gating_checks(context: dg.AssetExecutionContext) -> list[dict[str, object]]:
+    """The latest evaluation of every asset check upstream of this asset: what gated the scores."""
+    graph = context.job_def.asset_layer.asset_graph
+    upstream = graph.get_ancestor_asset_keys(context.asset_key)
+    found: list[dict[str, object]] = []
+    for check_key in sorted(graph.get_check_keys_for_assets(upstream), key=lambda k: k.to_user_string()):
+        latest = context.instance.get_latest_asset_check_evaluation_record(check_key)
+        evaluation = latest.evaluation if latest is not None else None
+        found.append(
+            {
+                "name": check_key.name,
+                "asset": check_key.asset_key.to_user_string(),
+                "tool": check_tool(check_key),
+                "passed": None if evaluation is None else evaluation.passed,
+                "severity": None if evaluation is None else evaluation.severity.value,
+                "status": "never evaluated" if latest is None else latest.status.value,
+                "dagster_run_id": None if latest is None else latest.run_id,
+            }
+        )
+    return found
 
 
 scoring_job = dg.define_asset_job(

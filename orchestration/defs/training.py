@@ -9,6 +9,7 @@ import json
 
 import dagster as dg
 
+from orchestration.partitions import WAREHOUSE_POOL
 from orchestration.resources import TxguardSettings
 
 
@@ -16,12 +17,20 @@ def _metrics(prefix: str, metrics) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in metrics.as_dict().items()} if metrics else {}
 
 
-@dg.asset(group_name="training", deps=[dg.AssetKey("transaction_features")], kinds={"lightgbm", "mlflow"})
+@dg.asset(
+    group_name="training",
+    deps=[dg.AssetKey("transaction_features")],
+    kinds={"lightgbm", "mlflow"},
+    pool=WAREHOUSE_POOL,
+)
 def fraud_model(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """LightGBM on the matured window ending at the newest feature partition, registered as @challenger."""
+    from jobs.audit_trail import record_training
     from jobs.registry import train_and_register
 
-    run = train_and_register(settings.load())
+    config = settings.load()
+    run = train_and_register(config)
+    record_training(config, run, context.run_id)
     context.log.info(f"{run.ref.name} v{run.ref.version} trained on {run.device}: {run.device_reason}")
     return dg.MaterializeResult(
         metadata={
@@ -40,14 +49,18 @@ def fraud_model(context: dg.AssetExecutionContext, settings: TxguardSettings) ->
     )
 
 
-@dg.asset(group_name="training", deps=[fraud_model], kinds={"mlflow"})
+@dg.asset(group_name="training", deps=[fraud_model], kinds={"mlflow"}, pool=WAREHOUSE_POOL)
 def model_promotion(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """Challenger vs champion on the newest matured holdout; @champion moves only if the challenger wins."""
+    from jobs.audit_trail import record_decision
     from jobs.registry import run_promotion_gate
 
-    outcome = run_promotion_gate(settings.load(), actor=f"dagster:{context.run_id}")
+    config = settings.load()
+    outcome = run_promotion_gate(config, actor="pipeline:model_promotion")
     context.log.info(outcome.summary)
     decision, record = outcome.decision, outcome.record
+    if record is not None:
+        record_decision(config, record, context.run_id)
     return dg.MaterializeResult(
         metadata={
             "summary": outcome.summary,
