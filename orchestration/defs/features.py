@@ -1,5 +1,99 @@
-"""Dagster definitions for the features domain."""
+"""Features: the point-in-time feature table, built by the Spark job of jobs/features.py via Dagster Pipes.
+
+The job runs in its own process (its own JVM), launched by ``PipesSubprocessClient``: ``python -m
+jobs.features`` against ``TXGUARD_SPARK_MASTER`` (``local[*]``, or a ``spark://`` master), or through
+``spark-submit`` when the run config names one (YARN, Kubernetes). Either way the driver runs here (client
+mode), so Pipes' local message channel carries the job's row counts, null rates and feature-set version back.
+The contract check reads the written files with pandas and blocks training and scoring when a partition
+breaks it.
+"""
+
+import datetime as dt
+import sys
 
 import dagster as dg
+from pydantic import Field
 
-defs = dg.Definitions()
+from jobs.feature_definitions import FEATURE_SET_VERSION
+from jobs.layout import parse_day
+from jobs.settings import REPO_ROOT
+from orchestration.partitions import daily_partitions, single_run_backfill
+from orchestration.resources import TxguardSettings
+
+UPSTREAM = [dg.AssetKey("stg_landing__transactions"), dg.AssetKey("stg_landing__fraud_reports")]
+CHECK_NAME = "feature_contract"
+
+
+class FeatureJobConfig(dg.Config):
+    """How to launch the Spark job; the default needs nothing but this Python environment."""
+
+    spark_submit: str = Field(
+        default="",
+        description="path to spark-submit (e.g. $SPARK_HOME/bin/spark-submit) to launch the job with; "
+        "empty runs `python -m jobs.features` with the code location's Python",
+    )
+
+
+def feature_job_command(
+    start: dt.date, end: dt.date, lake: str, master: str, spark_submit: str = ""
+) -> list[str]:
+    """The command line of one feature build: the same job standalone, under Pipes, or on a cluster."""
+    arguments = ["--start", start.isoformat(), "--end", end.isoformat(), "--lake", lake, "--master", master]
+    if spark_submit:
+        return [spark_submit, "--master", master, str(REPO_ROOT / "jobs" / "features.py"), *arguments]
+    return [sys.executable, "-m", "jobs.features", *arguments]
+
+
+def contract_check(lake: str, days: list[dt.date]) -> dg.AssetCheckResult:
+    """The pandera contract over the written partitions, each failure named by file, row, column and rule."""
+    from jobs.feature_contract import check_feature_partitions
+
+    report = check_feature_partitions(lake, days)
+    return dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        passed=report.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="\n".join(report.failures) or f"{report.partitions} partitions, {report.rows} rows valid",
+        metadata={"partitions": report.partitions, "rows": report.rows, "failures": report.failure_count},
+    )
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=single_run_backfill,
+    group_name="features",
+    deps=UPSTREAM,
+    kinds={"spark", "parquet"},
+    metadata={"feature_set_version": FEATURE_SET_VERSION},
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_NAME,
+            asset="transaction_features",
+            blocking=True,
+            description="pandera contract on the written partitions (types, ranges, nulls, version, day); "
+            "a failure stops training and scoring",
+        )
+    ],
+)
+def transaction_features(
+    context: dg.AssetExecutionContext,
+    settings: TxguardSettings,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+    config: FeatureJobConfig,
+) -> dg.MaterializeResult:
+    """Point-in-time features per transaction (DESIGN.md §3), one Parquet file per day; a range in one job."""
+    txguard = settings.load()
+    days = [parse_day(key) for key in context.partition_keys]
+    command = feature_job_command(days[0], days[-1], txguard.lake, txguard.spark_master, config.spark_submit)
+    context.log.info(f"launching {' '.join(command)}")
+    invocation = pipes_subprocess_client.run(command=command, context=context, cwd=str(REPO_ROOT))
+    reported = invocation.get_materialize_result()
+    return dg.MaterializeResult(
+        metadata=reported.metadata, check_results=[contract_check(txguard.lake, days)]
+    )
+
+
+defs = dg.Definitions(
+    assets=[transaction_features],
+    resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
+)
