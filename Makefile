@@ -8,6 +8,7 @@ RUN := $(VENV)/bin
 export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYSPARK_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 .PHONY: install demo test test-fast ui ui-readonly mlflow lint format bench clean
@@ -18,6 +19,7 @@ export PYSPARK_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
+	$(RUN)/dagster-dbt project prepare-and-package --file orchestration/defs/warehouse.py
 	touch $@
 
 install: $(VENV)/.installed ## create .venv from uv.lock

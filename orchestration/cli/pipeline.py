@@ -10,10 +10,20 @@ import click
 
 from jobs.settings import REPO_ROOT, SettingsError, load_settings
 
+OFFLINE_ENVIRONMENT = {
+    "DO_NOT_TRACK": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
 
 def prepared_settings():
     """Settings from the environment, with the Dagster home ready; a bad setting exits with its name."""
     from orchestration.instance import prepare_dagster_home
+
+    for name, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
     try:
         settings = load_settings()
@@ -31,8 +41,6 @@ def prepared_settings():
 def ui(host: str, port: int, read_only: bool) -> None:
     """Start the Dagster web UI (and the daemon that runs schedules and sensors)."""
     prepared_settings()
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     workspace = str(REPO_ROOT / "workspace.yaml")
     if read_only:
         argv = ["dagster-webserver", "-w", workspace, "-h", host, "-p", str(port), "--read-only"]
