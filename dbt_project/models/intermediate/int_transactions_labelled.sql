@@ -1,0 +1,48 @@
+{%- set cutoff = label_cutoff() -%}
+
+with transactions as (
+
+    select * from {{ ref('stg_landing__transactions') }}
+
+),
+
+fraud_reports as (
+
+    select * from {{ ref('stg_landing__fraud_reports') }}
+
+),
+
+known_reports as (
+
+    select
+        transaction_id,
+        min(reported_at) as fraud_reported_at
+    from fraud_reports
+    {%- if cutoff %}
+    where reported_at <= {{ cutoff }}
+    {%- endif %}
+    group by transaction_id
+
+),
+
+labelled as (
+
+    select
+        transactions.transaction_id,
+        transactions.tx_datetime,
+        transactions.tx_date,
+        transactions.customer_id,
+        transactions.terminal_id,
+        transactions.tx_amount,
+        known_reports.fraud_reported_at is not null as is_fraud,
+        known_reports.fraud_reported_at
+    from transactions
+    left join known_reports
+        on transactions.transaction_id = known_reports.transaction_id
+    {%- if cutoff %}
+    where transactions.tx_datetime <= {{ cutoff }}
+    {%- endif %}
+
+)
+
+select * from labelled
