@@ -10,6 +10,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYSPARK_PYTHON := $(CURDIR)/$(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo test test-fast ui ui-readonly mlflow lint format bench clean
 
