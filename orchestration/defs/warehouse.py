@@ -41,8 +41,8 @@ _VENV_DBT = Path(sys.executable).with_name("dbt")
 DBT_EXECUTABLE = str(_VENV_DBT) if _VENV_DBT.exists() else "dbt"
 STAGING_SELECTION = "path:models/staging"
 SOURCE_ASSET_KEYS = {
-    "transactions": dg.AssetKey("raw_transactions"),
-    "fraud_reports": dg.AssetKey("raw_fraud_reports"),
+    ("landing", "transactions"): dg.AssetKey("raw_transactions"),
+    ("landing", "fraud_reports"): dg.AssetKey("raw_fraud_reports"),
 }
 SUITE_ASSETS = {
     "transactions": dg.AssetKey("stg_landing__transactions"),
@@ -92,13 +92,16 @@ dbt_project = prepared_project()
 
 
 class TxguardDbtTranslator(DagsterDbtTranslator):
-    """dbt sources are the ingest assets; a model's key is its name (not schema/name), group ``transform``."""
+    """The landing sources are the ingest assets (other sources keep dagster-dbt's key, which honours
+    ``meta.dagster.asset_key``); a model's key is its name, not schema/name; models are in ``transform``."""
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None):
         spec = super().get_asset_spec(manifest, unique_id, project)
         props = self.get_resource_props(manifest, unique_id)
         if props["resource_type"] == "source":
-            return spec.replace_attributes(key=SOURCE_ASSET_KEYS[props["name"]])
+            return spec.replace_attributes(
+                key=SOURCE_ASSET_KEYS.get((props["source_name"], props["name"]), spec.key)
+            )
         return spec.replace_attributes(key=dg.AssetKey(props["name"]), group_name="transform")
 
 
