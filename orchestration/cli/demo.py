@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import click
 
@@ -41,12 +42,38 @@ def demo(customers: int, terminals: int, days: int, seed: int) -> None:
             f"into {settings.landing} as {summary.files_written} CSV files"
         )
     run_range_or_exit(DEMO_START.isoformat(), last_day.isoformat())
-    click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Where to look:")
+    click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s.")
+    example = top_alert_query(settings.snapshot_path)
+    click.echo("\nWhere to look:")
+    click.echo(f'  txguard sql "{ALERTS_BY_DAY}"')
+    if example is not None:
+        click.echo(f"  txguard lineage transaction {example}   # why was it scored that way?")
+    click.echo("  txguard audit verify")
     click.echo(
         "  make ui        the asset graph, runs, checks, schedules and sensors (http://127.0.0.1:3000)"
     )
     click.echo("  make mlflow    the training runs, metrics, plots and model card (http://127.0.0.1:5000)")
     click.echo(f"  data home      {settings.home}")
+
+
+ALERTS_BY_DAY = (
+    "select day, count(*) as scored, count(*) filter (where decision) as alerts, round(max(score), 3) as top "
+    "from scoring.transaction_scores group by day order by day desc limit 5"
+)
+
+
+def top_alert_query(snapshot: Path) -> int | None:
+    """Print the last days' alert counts from the analysts' snapshot; return the top-scored transaction."""
+    from jobs.warehouse import connect
+
+    with connect(snapshot, read_only=True) as connection:
+        click.echo(f'\n$ txguard sql "{ALERTS_BY_DAY}"')
+        click.echo(connection.sql(ALERTS_BY_DAY).df().to_string(index=False))
+        top = connection.execute(
+            "select transaction_id from scoring.transaction_scores "
+            "order by score desc, transaction_id limit 1"
+        ).fetchone()
+    return int(top[0]) if top else None
 
 
 commands: list[click.Command] = [demo]

@@ -81,14 +81,19 @@ def run_range_or_exit(start: str, end: str) -> None:
     import dagster as dg
 
     from orchestration.definitions import defs
+    from orchestration.defs.lineage import emit_run_lineage
     from orchestration.runs import run_partition_range
 
-    prepared_settings()
+    settings = prepared_settings()
     with dg.DagsterInstance.get() as instance:
         try:
             outcome = run_partition_range(defs, start, end, instance)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
+        run = instance.get_run_by_id(outcome.run_id)
+        if run is not None:
+            sent, where = emit_run_lineage(instance, run, settings, defs.resolve_asset_graph())
+            click.echo(f"OpenLineage: {sent} events to {where}")
     click.echo(f"\nrun {outcome.run_id}: {'succeeded' if outcome.success else 'FAILED'}")
     click.echo(f"  materialized: {', '.join(outcome.materialized) or 'nothing'}")
     for label, items in (
