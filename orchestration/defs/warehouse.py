@@ -3,6 +3,8 @@
 ``dbt_staging`` builds the staging models (and runs their dbt tests), the Great Expectations suites then
 check the staged window, and only then ``dbt_marts`` builds everything above staging. An error-severity dbt
 test and a failing suite are blocking checks: their step fails, so nothing downstream runs in that run.
+The marts tagged ``scoring`` read the scores, so ``dbt_scoring_marts`` builds them after
+``transaction_scores`` (itself downstream of the features, so of staging): one step apart, no cycle.
 Every step that touches the DuckDB file runs in the warehouse pool (one at a time) and the analysts'
 snapshot is published after each successful write.
 
@@ -40,6 +42,7 @@ DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 _VENV_DBT = Path(sys.executable).with_name("dbt")
 DBT_EXECUTABLE = str(_VENV_DBT) if _VENV_DBT.exists() else "dbt"
 STAGING_SELECTION = "path:models/staging"
+SCORING_SELECTION = "tag:scoring"
 SOURCE_ASSET_KEYS = {
     ("landing", "transactions"): dg.AssetKey("raw_transactions"),
     ("landing", "fraud_reports"): dg.AssetKey("raw_fraud_reports"),
@@ -149,7 +152,7 @@ def dbt_staging(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     project=dbt_project,
-    exclude=STAGING_SELECTION,
+    exclude=f"{STAGING_SELECTION} {SCORING_SELECTION}",
     name="dbt_marts",
     dagster_dbt_translator=translator,
     partitions_def=daily_partitions,
@@ -158,6 +161,22 @@ def dbt_staging(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings
 )
 def dbt_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: TxguardSettings):
     """Everything above staging; it starts only once staging's blocking checks (dbt and GX) passed."""
+    yield from build_window(context, dbt, settings.load())
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    select=SCORING_SELECTION,
+    name="dbt_scoring_marts",
+    dagster_dbt_translator=translator,
+    partitions_def=daily_partitions,
+    backfill_policy=single_run_backfill,
+    pool=WAREHOUSE_POOL,
+)
+def dbt_scoring_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: TxguardSettings):
+    """The marts on the scores: apart from ``dbt_marts`` because they wait for ``transaction_scores``,
+    which itself waits for the features built from staging."""
     yield from build_window(context, dbt, settings.load())
 
 
@@ -211,7 +230,7 @@ def gx_staged_suites(
 
 
 defs = dg.Definitions(
-    assets=[dbt_staging, dbt_marts],
+    assets=[dbt_staging, dbt_marts, dbt_scoring_marts],
     asset_checks=[gx_staged_suites],
     resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)},
 )
