@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 START = dt.date(2018, 4, 1)
-DAYS = 45
+DAYS = 75
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
         from orchestration.runs import run_partition_range
 
         settings = load_settings()
-        config = SimulationConfig(customers=600, terminals=1200, days=DAYS, start=START, seed=3)
+        config = SimulationConfig(customers=400, terminals=800, days=DAYS, start=START, seed=3)
         write_landing(simulate(config), settings.landing, "csv")
         last = START + dt.timedelta(days=DAYS - 1)
         with dg.DagsterInstance.ephemeral() as instance:
