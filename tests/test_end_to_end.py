@@ -1,4 +1,4 @@
-"""The whole chain on a small simulated landing zone, through the Dagster definitions the UI shows.
+"""The whole chain on the demo's simulated landing zone, through the Dagster definitions the UI shows.
 
 One headless range run (the same path as ``txguard run``) must take landing files to scored rows, and a
 randomly chosen scored row's lineage, rebuilt from the audit records, must agree with what the run did.
@@ -12,10 +12,9 @@ import random
 import dagster as dg
 import pytest
 
-pytestmark = pytest.mark.slow
+from orchestration.cli.demo import DEMO_CUSTOMERS, DEMO_DAYS, DEMO_START, DEMO_TERMINALS
 
-START = dt.date(2018, 4, 1)
-DAYS = 75
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +30,13 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
         from orchestration.runs import run_partition_range
 
         settings = load_settings()
-        config = SimulationConfig(customers=400, terminals=800, days=DAYS, start=START, seed=3)
+        config = SimulationConfig(
+            customers=DEMO_CUSTOMERS, terminals=DEMO_TERMINALS, days=DEMO_DAYS, start=DEMO_START, seed=7
+        )
         write_landing(simulate(config), settings.landing, "csv")
-        last = START + dt.timedelta(days=DAYS - 1)
+        last = DEMO_START + dt.timedelta(days=DEMO_DAYS - 1)
         with dg.DagsterInstance.ephemeral() as instance:
-            outcome = run_partition_range(defs, START.isoformat(), last.isoformat(), instance)
+            outcome = run_partition_range(defs, DEMO_START.isoformat(), last.isoformat(), instance)
         yield settings, outcome
 
 
@@ -50,7 +51,7 @@ def test_one_range_run_takes_landing_files_to_scores(pipeline_run) -> None:
     with connect(settings.snapshot_path, read_only=True) as connection:
         days = connection.execute("select count(distinct day) from scoring.transaction_scores").fetchone()[0]
         runs = connection.execute("select distinct dagster_run_id from scoring.transaction_scores").fetchall()
-    assert days == DAYS
+    assert days == DEMO_DAYS
     assert runs == [(outcome.run_id,)]
 
 
