@@ -435,9 +435,9 @@ def test_a_day_of_twenty_thousand_rows_is_ingested_quickly(zone: Zone) -> None:
 
 
 def test_the_bad_file_catalogue_ends_where_it_says(tmp_path: Path) -> None:
-    """If the catalogue of bad files exists (jobs/bad_files.py), each of its landing-named files ingests as
-    documented: whole-file faults leave nothing accepted, row faults quarantine exactly the listed rows."""
-    bad_files = pytest.importorskip("jobs.bad_files")
+    """Each landing-named file of the bad-file catalogue (jobs/bad_files.py) ingests as documented:
+    whole-file faults leave nothing accepted, row faults quarantine exactly the listed rows."""
+    from jobs import bad_files
     from jobs.ingest import quarantine_misnamed
     from jobs.landing import BadLandingName, misnamed_files, parse_landing_name
 
