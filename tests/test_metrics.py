@@ -31,6 +31,7 @@ def test_ties_count_half_in_auc_and_share_one_threshold_in_ap() -> None:
 
 def test_agrees_with_scikit_learn_on_random_scores() -> None:
     from sklearn import metrics
+
     rng = np.random.default_rng(0)
     y = (rng.random(5000) < 0.05).astype(int)
     s = np.round(rng.random(5000) + y * rng.random(5000), 2)
