@@ -333,25 +333,60 @@ def assemble_training_set(lake: str, window: TrainingWindow) -> TrainingSet:
     )
 
 
+PROBE_TIMEOUT_SECONDS = 120
+
+
 @dataclass(frozen=True)
 class DeviceChoice:
     device: Literal["cpu", "gpu", "cuda"]
     reason: str
 
 
-def probe_device(device_type: str) -> str | None:
-    """None when LightGBM can train on ``device_type`` here, else LightGBM's own explanation."""
-    import lightgbm as lgb
+_PROBE = """
+import sys
 
-    rng = np.random.default_rng(0)
-    features = rng.random((64, 2))
-    labels = (features[:, 0] > 0.5).astype(int)
-    params = {"device_type": device_type, "verbose": -1, "num_threads": 1, "min_data_in_leaf": 1}
+for optional in ("sklearn", "pandas", "pyarrow", "dask", "matplotlib", "graphviz"):
+    sys.modules[optional] = None  # LightGBM imports these when present; the probe needs none (~3 s saved)
+import lightgbm as lgb
+import numpy as np
+
+rng = np.random.default_rng(0)
+features = rng.random((2000, 4))
+labels = (features[:, 0] > 0.5).astype(int)
+params = {"device_type": sys.argv[1], "verbose": -1, "num_threads": 1}
+try:
+    lgb.train(params, lgb.Dataset(features, labels, params=params), num_boost_round=2)
+except lgb.basic.LightGBMError as error:
+    print(str(error).strip().splitlines()[0])
+    sys.exit(1)
+"""
+
+
+def probe_device(device_type: str) -> str | None:
+    """None when LightGBM can train on ``device_type`` here, else why not.
+
+    The probe trains a tiny model in a child process: a broken GPU build or driver can crash the process
+    (a CUDA build has been seen to segfault), and that must cost a fallback, not the training run.
+    """
+    import subprocess
+    import sys
+
     try:
-        lgb.train(params, lgb.Dataset(features, labels), num_boost_round=1)
-    except lgb.basic.LightGBMError as error:
-        return str(error).strip().splitlines()[0]
-    return None
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE, device_type],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"probe did not finish in {PROBE_TIMEOUT_SECONDS} s"
+    if probe.returncode == 0:
+        return None
+    if probe.returncode < 0:
+        return f"probe crashed with signal {-probe.returncode}"
+    lines = (probe.stdout.strip() or probe.stderr.strip() or f"probe exited {probe.returncode}").splitlines()
+    return lines[-1]
 
 
 def resolve_device(requested: Device) -> DeviceChoice:

@@ -8,6 +8,7 @@ layout; the simulator and the Spark feature job are tested elsewhere.
 from __future__ import annotations
 
 import datetime as dt
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from jobs.training import (
     feature_days,
     matured_window,
     predict_scores,
+    probe_device,
     resolve_device,
     split_labelled,
     train_model,
@@ -389,6 +391,19 @@ def test_auto_prefers_cuda_then_opencl_then_cpu(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(jobs.training, "probe_device", lambda d: None if d in working else f"{d} missing")
     assert resolve_device("auto").device == expected
+
+
+def test_a_probe_that_crashes_costs_a_fallback_not_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA build has been seen to segfault on a GPU machine: the probe's child dies, training goes on."""
+    import jobs.training
+
+    assert probe_device("cpu") is None
+    monkeypatch.setattr(jobs.training, "_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    assert probe_device("cuda") == f"probe crashed with signal {signal.SIGSEGV.value}"
+    monkeypatch.setattr(jobs.training, "probe_device", lambda d: "probe crashed with signal 11")
+    choice = resolve_device("auto")
+    assert choice.device == "cpu"
+    assert "cuda unusable (probe crashed with signal 11)" in choice.reason
 
 
 @pytest.fixture(scope="module")
