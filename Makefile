@@ -12,7 +12,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYSPARK_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast ui ui-readonly mlflow lint format bench clean
+.PHONY: install browser demo test test-fast ui ui-readonly mlflow lint format bench clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -25,13 +25,22 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.installed ## create .venv from uv.lock
 
+# The browser tests drive Debian's Chromium through Playwright (nothing downloads a browser of its own).
+CHROMIUM := $(shell command -v chromium 2>/dev/null)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: ## Debian's chromium for the browser tests
+ifeq ($(CHROMIUM),)
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+endif
+
 demo: install ## simulate data and run the whole pipeline end to end
 	$(RUN)/txguard demo
 
-test: install ## the whole test suite, slow end-to-end tests included
+test: install browser ## the whole test suite, slow end-to-end tests included
 	$(RUN)/pytest
 
-test-fast: install ## everything but the slow end-to-end tests
+test-fast: install browser ## everything but the slow end-to-end tests
 	$(RUN)/pytest -m "not slow"
 
 ui: install ## Dagster web UI and daemon on http://127.0.0.1:3000

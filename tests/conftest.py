@@ -34,3 +34,39 @@ def spark():
     session = spark_session("local[2]", app_name="txguard-tests", shuffle_partitions=4)
     yield session
     session.stop()
+
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""No sandbox (tests may run as root); no background networking on a machine with no route out."""
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's headless Chromium driven by Playwright; ``make test`` installs it (``make browser``)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: run `make browser` (part of `make test`)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def test_artifacts() -> Path:
+    """Where tests leave files for people (screenshots): TXGUARD_TEST_ARTIFACTS, else test-artifacts/."""
+    folder = Path(os.environ.get("TXGUARD_TEST_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

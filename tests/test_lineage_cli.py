@@ -22,7 +22,6 @@ from jobs.settings import load_settings
 from jobs.warehouse import connect, publish_snapshot
 from orchestration.cli import lineage as lineage_cli
 
-CHROMIUM = Path("/usr/bin/chromium")
 VOID = {"meta", "br", "img", "hr", "input", "link", "col", "source", "wbr", "area", "base", "embed", "track"}
 
 
@@ -82,22 +81,24 @@ class StrictPage(HTMLParser):
         self.text.append(data)
 
 
-def check_page(path: Path, title: str) -> StrictPage:
-    """The page parses, is self-contained, and (when Chromium is installed) renders headless."""
+def check_page(path: Path, title: str, browser, screenshots: Path) -> StrictPage:
+    """The page parses, is self-contained, and renders in headless Chromium with every figure decoded."""
     page = StrictPage()
     page.feed(path.read_text(encoding="utf-8"))
     page.close()
     assert page.open == [] and page.external == []
     assert title in "".join(page.text)
-    if CHROMIUM.exists():
-        rendered = subprocess.run(
-            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert rendered.returncode == 0, rendered.stderr[-2000:]
-        assert title in rendered.stdout
+    tab = browser.new_page()
+    requested: list[str] = []
+    tab.on("request", lambda request: requested.append(request.url))
+    tab.goto(path.as_uri())
+    assert title in tab.inner_text("body")
+    decoded = "images => images.map(image => image.complete && image.naturalWidth)"
+    figures = tab.eval_on_selector_all("img", decoded)
+    assert all(width and width > 0 for width in figures), f"undecoded figures in {path.name}: {figures}"
+    assert [url for url in requested if not url.startswith(("file:", "data:"))] == []
+    tab.screenshot(path=screenshots / f"{path.stem}.png", full_page=True)
+    tab.close()
     return page
 
 
@@ -106,7 +107,7 @@ def test_without_a_snapshot_every_command_says_what_to_do(txguard_home: Path) ->
         fails_cleanly(invoke(*args), "no warehouse snapshot at")
 
 
-def test_lineage_answers_in_three_formats(published: dict, tmp_path: Path) -> None:
+def test_lineage_answers_in_three_formats(published: dict, tmp_path: Path, chromium, test_artifacts) -> None:
     digest = published["models"]["1"]["artifact_sha256"]
     text = invoke("lineage", "transaction", "102")
     assert text.exit_code == 0, text.output
@@ -116,7 +117,7 @@ def test_lineage_answers_in_three_formats(published: dict, tmp_path: Path) -> No
     out = tmp_path / "archive" / "tx-102.html"
     written = invoke("lineage", "transaction", "102", "--format", "html", "--output", str(out))
     assert written.exit_code == 0 and str(out) in written.output
-    page = check_page(out, "Lineage of transaction 102")
+    page = check_page(out, "Lineage of transaction 102", chromium, test_artifacts)
     assert digest in "".join(page.text)
     partition = invoke("lineage", "partition", "2018-04-03", "-o", str(tmp_path / "p.txt"))
     assert partition.exit_code == 0
@@ -193,7 +194,7 @@ def test_audit_verify_passes_and_catches_a_planted_edit(published: dict, tmp_pat
     assert f"hash of record {seq}" in caught.output
 
 
-def test_report_model_from_the_records(published: dict, tmp_path: Path) -> None:
+def test_report_model_from_the_records(published: dict, tmp_path: Path, chromium, test_artifacts) -> None:
     result = invoke("report", "model", "1", "--output", str(tmp_path / "docs"))
     assert result.exit_code == 0, result.output
     markdown = (tmp_path / "docs" / f"{MODEL}-v1.md").read_text()
@@ -215,7 +216,12 @@ def test_report_model_from_the_records(published: dict, tmp_path: Path) -> None:
     assert "plots drawn from the records" in markdown
     figures = [line.split("](")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]
     assert figures and all((tmp_path / "docs" / figure).is_file() for figure in figures)
-    page = check_page(tmp_path / "docs" / f"{MODEL}-v1.html", f"Technical documentation: {MODEL} version 1")
+    page = check_page(
+        tmp_path / "docs" / f"{MODEL}-v1.html",
+        f"Technical documentation: {MODEL} version 1",
+        chromium,
+        test_artifacts,
+    )
     assert len(page.images) == len(figures) and all(
         src.startswith("data:image/png;base64,") for src in page.images
     )
@@ -223,7 +229,7 @@ def test_report_model_from_the_records(published: dict, tmp_path: Path) -> None:
 
 
 def test_report_embeds_the_mlflow_runs_plots_when_the_store_is_reachable(
-    published: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    published: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chromium, test_artifacts
 ) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -259,6 +265,6 @@ def test_report_embeds_the_mlflow_runs_plots_when_the_store_is_reachable(
     markdown = (tmp_path / "docs" / f"{MODEL}-v3.md").read_text()
     assert f"Plots logged with MLflow run {run.info.run_id}." in markdown
     assert "pr_curve.png" in markdown
-    page = check_page(tmp_path / "docs" / f"{MODEL}-v3.html", f"{MODEL} version 3")
+    page = check_page(tmp_path / "docs" / f"{MODEL}-v3.html", f"{MODEL} version 3", chromium, test_artifacts)
     assert page.images == [f"data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}"]
     assert "no training_runs record for MLflow run" in "".join(page.text)
