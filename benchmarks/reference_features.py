@@ -28,6 +28,7 @@ from jobs.feature_definitions import (
     NIGHT_LAST_HOUR,
     TERMINAL_DELAY_DAYS,
     WINDOWS_DAYS,
+    amount_ratio,
 )
 from jobs.features import OUTPUT_COLUMNS
 from jobs.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS, partition_uri
@@ -68,6 +69,11 @@ def duckdb_feature_query(transactions: str, fraud_reports: str, start: dt.date, 
     risks = ",\n    ".join(
         f"case when terminal_id_nb_tx_{w}day_window > 0 then coalesce(k.frauds_{w}, 0) / "
         f"terminal_id_nb_tx_{w}day_window else 0.0 end as terminal_id_risk_{w}day_window"
+        for w in WINDOWS_DAYS
+    )
+    ratios = ",\n    ".join(
+        f"case when customer_id_avg_amount_{w}day_window > 0 then tx_amount / "
+        f"customer_id_avg_amount_{w}day_window else 1.0 end as customer_id_amount_ratio_{w}day_window"
         for w in WINDOWS_DAYS
     )
     return f"""
@@ -115,6 +121,7 @@ select
     {", ".join(f"customer_id_avg_amount_{w}day_window" for w in WINDOWS_DAYS)},
     {", ".join(f"terminal_id_nb_tx_{w}day_window" for w in WINDOWS_DAYS)},
     {risks},
+    {ratios},
     '{FEATURE_SET_VERSION}' as feature_set_version
 from target
 left join known_frauds k using (transaction_id)
@@ -199,6 +206,10 @@ def pandas_features(
         nb = out[f"terminal_id_nb_tx_{w}day_window"]
         out[f"terminal_id_risk_{w}day_window"] = np.where(
             nb > 0, out[f"frauds_{w}"] / nb.where(nb > 0, 1), 0.0
+        )
+    for w in WINDOWS_DAYS:
+        out[f"customer_id_amount_ratio_{w}day_window"] = amount_ratio(
+            out["tx_amount"], out[f"customer_id_avg_amount_{w}day_window"]
         )
     out["tx_during_weekend"] = (out["tx_datetime"].dt.weekday >= 5).astype("int32")
     out["tx_during_night"] = (out["tx_datetime"].dt.hour <= NIGHT_LAST_HOUR).astype("int32")

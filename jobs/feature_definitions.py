@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 WINDOWS_DAYS: tuple[int, ...] = (1, 7, 30)
 TERMINAL_DELAY_DAYS = 7
@@ -26,7 +27,10 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *(f"customer_id_avg_amount_{w}day_window" for w in WINDOWS_DAYS),
     *(f"terminal_id_nb_tx_{w}day_window" for w in WINDOWS_DAYS),
     *(f"terminal_id_risk_{w}day_window" for w in WINDOWS_DAYS),
+    *(f"customer_id_amount_ratio_{w}day_window" for w in WINDOWS_DAYS),
 )
+"""The handbook's 15 features, then the amount against the card's own habit: a stolen card's spending spree
+is a ratio that a tree would otherwise have to carve out of two columns (+0.03 AP on the handbook week)."""
 
 FORMULAS = {
     "tx_amount": "amount of the transaction",
@@ -36,7 +40,17 @@ FORMULAS = {
     "customer_id_avg_amount_{w}day_window": "mean amount of those transactions",
     "terminal_id_nb_tx_{w}day_window": "terminal's transactions in [t - delay - w days, t - delay)",
     "terminal_id_risk_{w}day_window": "share of those with a fraud report reported_at <= t (0 when none)",
+    "customer_id_amount_ratio_{w}day_window": "tx_amount / customer_id_avg_amount_{w}day_window (1 when 0)",
 }
+
+
+def amount_ratio(amount: Any, average: Any) -> Any:
+    """``amount / average``, 1.0 where the average is 0 (a card that only ever spent 0): arrays or scalars."""
+    import numpy as np
+
+    average = np.asarray(average, dtype=np.float64)
+    safe = np.where(average > 0, average, 1.0)
+    return np.where(average > 0, np.asarray(amount, dtype=np.float64) / safe, 1.0)
 
 
 def _definition_document() -> str:

@@ -106,7 +106,11 @@ def compute_features(
         count = count_to_now - F.count(F.lit(1)).over(up_to_window)
         units = units_to_now - F.coalesce(F.sum(amount_units).over(up_to_window), F.lit(0))
         customer[f"customer_id_nb_tx_{w}day_window"] = count
-        customer[f"customer_id_avg_amount_{w}day_window"] = units / (count * AMOUNT_UNITS)
+        average = units / (count * AMOUNT_UNITS)
+        customer[f"customer_id_avg_amount_{w}day_window"] = average
+        customer[f"customer_id_amount_ratio_{w}day_window"] = F.when(
+            average > 0, F.col("tx_amount") / average
+        ).otherwise(1.0)
 
     timeline = (
         tx.withColumns(customer)

@@ -68,6 +68,7 @@ def _hand_dataset() -> tuple[pd.DataFrame, pd.DataFrame]:
         (31, pd.Timestamp("2018-05-10 07:00:00", tz="UTC"), 6, 31, 3.0),  # not night any more
         (40, pd.Timestamp("2018-05-12 00:00:00", tz="UTC"), 7, 32, 5.0),  # Saturday (Friday has none)
         (41, pd.Timestamp("2018-05-13 23:59:59", tz="UTC"), 7, 32, 9.0),  # Sunday
+        (42, pd.Timestamp("2018-05-11 12:00:00", tz="UTC"), 8, 33, 0.0),  # nothing spent: ratio 1
     ]
     transactions = pd.DataFrame(
         rows, columns=["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]
@@ -88,22 +89,26 @@ def _hand_dataset() -> tuple[pd.DataFrame, pd.DataFrame]:
     return transactions, reports
 
 
-def _expected(customer: tuple, terminal: tuple, weekend: int = 0, night: int = 0) -> dict[str, float]:
+def _expected(
+    amount: float, customer: tuple, terminal: tuple, weekend: int = 0, night: int = 0
+) -> dict[str, float]:
     (n1, a1), (n7, a7), (n30, a30) = customer
     (m1, r1), (m7, r7), (m30, r30) = terminal
-    values = [weekend, night, n1, n7, n30, a1, a7, a30, m1, m7, m30, r1, r7, r30]
-    return dict(zip(FEATURE_COLUMNS[1:], values, strict=True))
+    ratios = [amount / a if a > 0 else 1.0 for a in (a1, a7, a30)]
+    values = [amount, weekend, night, n1, n7, n30, a1, a7, a30, m1, m7, m30, r1, r7, r30, *ratios]
+    return dict(zip(FEATURE_COLUMNS, values, strict=True))
 
 
 NONE_SEEN = ((0, 0.0), (0, 0.0), (0, 0.0))
 HAND_EXPECTED = {
-    7: _expected(((3, 224 / 3), (5, 248 / 5), (7, 254 / 7)), ((3, 2 / 3), (4, 2 / 4), (5, 3 / 5))),
-    8: _expected(((3, 224 / 3), (5, 248 / 5), (7, 254 / 7)), NONE_SEEN),
-    9: _expected(((3, 448 / 3), (5, 496 / 5), (7, 508 / 7)), ((3, 2 / 3), (5, 4 / 5), (5, 4 / 5))),
-    30: _expected(((1, 7.5), (1, 7.5), (1, 7.5)), NONE_SEEN, night=1),
-    31: _expected(((1, 3.0), (1, 3.0), (1, 3.0)), NONE_SEEN),
-    40: _expected(((1, 5.0), (1, 5.0), (1, 5.0)), NONE_SEEN, weekend=1, night=1),
-    41: _expected(((1, 9.0), (2, 7.0), (2, 7.0)), NONE_SEEN, weekend=1),
+    7: _expected(64.0, ((3, 224 / 3), (5, 248 / 5), (7, 254 / 7)), ((3, 2 / 3), (4, 2 / 4), (5, 3 / 5))),
+    8: _expected(128.0, ((3, 224 / 3), (5, 248 / 5), (7, 254 / 7)), NONE_SEEN),
+    9: _expected(256.0, ((3, 448 / 3), (5, 496 / 5), (7, 508 / 7)), ((3, 2 / 3), (5, 4 / 5), (5, 4 / 5))),
+    30: _expected(7.5, ((1, 7.5), (1, 7.5), (1, 7.5)), NONE_SEEN, night=1),
+    31: _expected(3.0, ((1, 3.0), (1, 3.0), (1, 3.0)), NONE_SEEN),
+    40: _expected(5.0, ((1, 5.0), (1, 5.0), (1, 5.0)), NONE_SEEN, weekend=1, night=1),
+    41: _expected(9.0, ((1, 9.0), (2, 7.0), (2, 7.0)), NONE_SEEN, weekend=1),
+    42: _expected(0.0, ((1, 0.0), (1, 0.0), (1, 0.0)), NONE_SEEN),
 }
 
 

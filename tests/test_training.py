@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from jobs import storage
-from jobs.feature_definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION, FeatureSetMismatch
+from jobs.feature_definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION, FeatureSetMismatch, amount_ratio
 from jobs.layout import RAW_FRAUD_REPORTS, TRANSACTION_FEATURES, partition_uri
 from jobs.training import (
     DAY,
@@ -106,7 +106,7 @@ def simulate(
 
 
 def handbook_features(tx: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
-    """The 15 handbook features, point in time, with the handbook's pandas rolling windows."""
+    """The feature set, point in time, with the handbook's pandas rolling windows."""
     out = tx[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]].copy()
     out["tx_during_weekend"] = (tx["tx_datetime"].dt.weekday >= 5).astype(np.int64)
     out["tx_during_night"] = (tx["tx_datetime"].dt.hour <= 6).astype(np.int64)
@@ -116,6 +116,10 @@ def handbook_features(tx: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
         rolling = indexed.rolling(f"{w}D")
         out.loc[by_customer.index, f"customer_id_nb_tx_{w}day_window"] = rolling.count().to_numpy()
         out.loc[by_customer.index, f"customer_id_avg_amount_{w}day_window"] = rolling.mean().to_numpy()
+    for w in (1, 7, 30):
+        out[f"customer_id_amount_ratio_{w}day_window"] = amount_ratio(
+            out["tx_amount"], out[f"customer_id_avg_amount_{w}day_window"]
+        )
     by_terminal = tx.sort_values(["terminal_id", "tx_datetime"], kind="mergesort")
     frauds = (
         by_terminal.assign(f=by_terminal["fraud"].astype(float))
