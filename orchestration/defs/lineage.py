@@ -173,33 +173,32 @@ def _on_run_end(context: dg.RunStatusSensorContext, settings: TxguardSettings) -
     return dg.SkipReason(f"{sent} OpenLineage events for run {context.dagster_run.run_id} → {where}")
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    name="openlineage_run_success",
-    description="OpenLineage START/COMPLETE events for each asset materialized by a successful run.",
-    default_status=dg.DefaultSensorStatus.RUNNING,
+def _lineage_sensor(status: dg.DagsterRunStatus, description: str) -> dg.SensorDefinition:
+    """One run-status sensor per way a run can end, each sending that run's OpenLineage events."""
+
+    @dg.run_status_sensor(
+        run_status=status,
+        name=f"openlineage_run_{status.value.lower()}",
+        description=description,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def send_lineage(context: dg.RunStatusSensorContext, settings: TxguardSettings) -> dg.SkipReason:
+        return _on_run_end(context, settings)
+
+    return send_lineage
+
+
+openlineage_run_success = _lineage_sensor(
+    dg.DagsterRunStatus.SUCCESS,
+    "OpenLineage START/COMPLETE events for each asset materialized by a successful run.",
 )
-def openlineage_run_success(context: dg.RunStatusSensorContext, settings: TxguardSettings) -> dg.SkipReason:
-    return _on_run_end(context, settings)
-
-
-@dg.run_failure_sensor(
-    name="openlineage_run_failure",
-    description="OpenLineage START/COMPLETE/FAIL events for each asset a failed run materialized or tried.",
-    default_status=dg.DefaultSensorStatus.RUNNING,
+openlineage_run_failure = _lineage_sensor(
+    dg.DagsterRunStatus.FAILURE,
+    "OpenLineage START/COMPLETE/FAIL events for each asset a failed run materialized or tried.",
 )
-def openlineage_run_failure(context: dg.RunFailureSensorContext, settings: TxguardSettings) -> dg.SkipReason:
-    return _on_run_end(context, settings)
-
-
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.CANCELED,
-    name="openlineage_run_canceled",
-    description="OpenLineage events for a canceled run: COMPLETE for what it finished, ABORT for the rest.",
-    default_status=dg.DefaultSensorStatus.RUNNING,
+openlineage_run_canceled = _lineage_sensor(
+    dg.DagsterRunStatus.CANCELED,
+    "OpenLineage events for a canceled run: COMPLETE for what it finished, ABORT for the rest.",
 )
-def openlineage_run_canceled(context: dg.RunStatusSensorContext, settings: TxguardSettings) -> dg.SkipReason:
-    return _on_run_end(context, settings)
-
 
 defs = dg.Definitions(sensors=[openlineage_run_success, openlineage_run_failure, openlineage_run_canceled])
