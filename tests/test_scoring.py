@@ -356,33 +356,6 @@ def test_missing_features_fail_the_run_naming_the_partition_and_write_nothing(wo
     assert read_partitions(env.warehouse_path)["day"].tolist() == [last]
 
 
-@pytest.mark.slow
-def test_the_daily_schedule_asks_for_yesterday_once_its_features_exist(world) -> None:
-    from orchestration.defs.scoring import daily_scoring_schedule
-    from orchestration.resources import TxguardSettings
-
-    assert (daily_scoring_schedule.cron_schedule, daily_scoring_schedule.execution_timezone) == (
-        "0 6 * * *",
-        "UTC",
-    )
-    assert daily_scoring_schedule.job_name == "scoring_job"
-    resources = {"settings": TxguardSettings(lake_root=world["lake"])}
-    last = world["days"][-1]
-    at = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(6), tzinfo=dt.UTC)
-    request = daily_scoring_schedule(
-        dg.build_schedule_context(scheduled_execution_time=at, resources=resources)
-    )
-    assert isinstance(request, dg.RunRequest)
-    assert (request.partition_key, request.run_key) == (last.isoformat(), f"scoring-{last}")
-    later = at + dt.timedelta(days=1)
-    skip = daily_scoring_schedule(
-        dg.build_schedule_context(scheduled_execution_time=later, resources=resources)
-    )
-    assert isinstance(skip, dg.SkipReason) and f"for {last + dt.timedelta(days=1)} is not in the lake" in (
-        skip.skip_message or ""
-    )
-
-
 RUN_ONE = """
 import sys, dagster as dg
 from orchestration.defs.scoring import transaction_scores

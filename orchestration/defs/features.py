@@ -17,7 +17,7 @@ from pydantic import Field
 from jobs.feature_definitions import FEATURE_SET_VERSION
 from jobs.layout import parse_day
 from jobs.settings import REPO_ROOT
-from orchestration.partitions import daily_partitions, single_run_backfill
+from orchestration.partitions import daily_partitions, on_upstream_update, single_run_backfill, with_its_asset
 from orchestration.resources import TxguardSettings
 
 UPSTREAM = [dg.AssetKey("stg_landing__transactions"), dg.AssetKey("stg_landing__fraud_reports")]
@@ -65,11 +65,13 @@ def contract_check(lake: str, days: list[dt.date]) -> dg.AssetCheckResult:
     deps=UPSTREAM,
     kinds={"spark", "parquet"},
     metadata={"feature_set_version": FEATURE_SET_VERSION},
+    automation_condition=on_upstream_update(),
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_NAME,
             asset="transaction_features",
             blocking=True,
+            automation_condition=with_its_asset("transaction_features"),
             description="pandera contract on the written partitions (types, ranges, nulls, version, day); "
             "a failure stops training and scoring",
         )

@@ -1,7 +1,9 @@
 """Ingest: landing files → raw lake partitions under the pandera contract, bad rows and files to quarantine.
 
 The assets are thin: parsing, the contract and the quarantine live in jobs/ingest.py; listing and naming
-in jobs/landing.py. The landing sensor turns each new or changed file into one run for its day.
+in jobs/landing.py. The landing sensor turns each new or changed file into one run for its day; from there
+the ``automation_sensor`` evaluates the declarative automation of everything downstream (dbt, checks,
+features, monitoring), so a landed day flows through the chain without anyone starting a job.
 """
 
 import datetime as dt
@@ -12,7 +14,12 @@ from pydantic import Field
 
 from jobs.landing import list_landing, misnamed_files, plan_landing
 from jobs.layout import parse_day
-from orchestration.partitions import PARTITION_START, daily_partitions, single_run_backfill
+from orchestration.partitions import (
+    PARTITION_START,
+    daily_partitions,
+    sensor_interval,
+    single_run_backfill,
+)
 from orchestration.resources import TxguardSettings
 
 if TYPE_CHECKING:
@@ -130,7 +137,7 @@ def landing_file_rejects(
 
 @dg.sensor(
     target=[raw_transactions, raw_fraud_reports, landing_file_rejects],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval(30),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSettings) -> dg.SensorResult:
@@ -162,6 +169,16 @@ def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSetting
     return dg.SensorResult(run_requests=requests, cursor=plan.cursor)
 
 
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=sensor_interval(30),
+    description="Evaluates every asset's automation condition: a landed day's dbt models, checks, features"
+    " and monitoring follow their upstream (orchestration.partitions.on_upstream_update)",
+)
+
 defs = dg.Definitions(
-    assets=[raw_transactions, raw_fraud_reports, landing_file_rejects], sensors=[landing_sensor]
+    assets=[raw_transactions, raw_fraud_reports, landing_file_rejects],
+    sensors=[landing_sensor, automation_sensor],
 )

@@ -38,7 +38,13 @@ from jobs.monitoring import (
     decide_retraining,
 )
 from orchestration.defs.training import weekly_retraining_job
-from orchestration.partitions import daily_partitions, single_run_backfill
+from orchestration.partitions import (
+    daily_partitions,
+    on_upstream_update,
+    sensor_interval,
+    single_run_backfill,
+    with_its_asset,
+)
 from orchestration.resources import TxguardSettings
 
 if TYPE_CHECKING:
@@ -102,10 +108,12 @@ def drift_check(report: "DriftReport") -> dg.AssetCheckResult:
     backfill_policy=single_run_backfill,
     deps=[dg.AssetKey("transaction_features"), dg.AssetKey("transaction_scores")],
     kinds={"python"},
+    automation_condition=on_upstream_update(),
     check_specs=[
         dg.AssetCheckSpec(
             DRIFT_CHECK.name,
             asset="feature_drift",
+            automation_condition=with_its_asset("feature_drift"),
             description=f"PSI of every feature and of the score on the run's last day: warn ≥ {PSI_WARN}, "
             f"error ≥ {PSI_ERROR} (an error requests retraining)",
         )
@@ -162,10 +170,12 @@ _LABELS = dg.TimeWindowPartitionMapping(
         dg.AssetDep("raw_fraud_reports", partition_mapping=_LABELS),
     ],
     kinds={"python"},
+    automation_condition=on_upstream_update(),
     check_specs=[
         dg.AssetCheckSpec(
             PERFORMANCE_CHECK.name,
             asset="model_performance",
+            automation_condition=with_its_asset("model_performance"),
             description=f"judged window (the {PERFORMANCE_WINDOW_DAYS} scored days ending {LABEL_DELAY_DAYS} "
             f"days back): ROC AUC ≥ {AUC_FLOOR} and AP ≥ {AP_FLOOR}; not judged under {MIN_JUDGED_FRAUDS} "
             "frauds",
@@ -212,7 +222,7 @@ def retraining_triggers(instance: dg.DagsterInstance) -> list[RetrainingTrigger]
 @dg.sensor(
     name="retraining_sensor",
     job=weekly_retraining_job,
-    minimum_interval_seconds=60,
+    minimum_interval_seconds=sensor_interval(60),
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Drift at error level or performance below the floor requests retraining (training, then "
     f"the promotion gate), at most once per cooldown (default {DEFAULT_COOLDOWN_HOURS:g} h, ${COOLDOWN_ENV})",

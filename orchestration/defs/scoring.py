@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from jobs.layout import TRANSACTION_FEATURES, parse_day, partition_uri
-from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, single_run_backfill
+from jobs.layout import parse_day
+from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, scoring_cron, single_run_backfill
 from orchestration.resources import TxguardSettings
+from orchestration.runs import partition_range_tags
 
 if TYPE_CHECKING:
     from jobs.registry import ModelRef
@@ -166,22 +167,88 @@ scoring_job = dg.define_asset_job(
 )
 
 
+FEATURE_CONTRACT = dg.AssetCheckKey(FEATURES_KEY, "feature_contract")
+
+
+def contiguous_ranges(days: Sequence[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """Sorted days as ``(first, last)`` runs of consecutive days: one scoring run each."""
+    ranges: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(days):
+        if ranges and day == ranges[-1][1] + dt.timedelta(days=1):
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    return ranges
+
+
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def days_being_scored(instance: dg.DagsterInstance) -> set[dt.date]:
+    """The days of scoring runs not finished yet: requested already, not materialized yet."""
+    found: set[dt.date] = set()
+    for run in instance.get_runs(dg.RunsFilter(job_name=SCORING_JOB, statuses=UNFINISHED)):
+        tags = run.tags
+        first = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start")
+        last = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_end")
+        if first and last:
+            day, end = parse_day(first), parse_day(last)
+            while day <= end:
+                found.add(day)
+                day += dt.timedelta(days=1)
+    return found
+
+
+def unscored_days(instance: dg.DagsterInstance) -> list[dt.date]:
+    """Days whose features are materialized and whose scores are neither materialized nor being made."""
+    waiting = instance.get_materialized_partitions(FEATURES_KEY) - instance.get_materialized_partitions(
+        dg.AssetKey("transaction_scores")
+    )
+    return sorted({parse_day(key) for key in waiting} - days_being_scored(instance))
+
+
+def scoring_request(instance: dg.DagsterInstance, first: dt.date, last: dt.date) -> dg.RunRequest:
+    """One run for ``[first, last]``, keyed by the range and its newest features: a rebuilt day retries."""
+    keys = daily_partitions.get_partition_keys_in_range(
+        dg.PartitionKeyRange(first.isoformat(), last.isoformat())
+    )
+    newest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(FEATURES_KEY, asset_partitions=keys), limit=1
+    ).records
+    run_key = f"scoring-{first}..{last}@{newest[0].storage_id if newest else 0}"
+    if first == last:
+        return dg.RunRequest(run_key=run_key, partition_key=first.isoformat())
+    return dg.RunRequest(run_key=run_key, tags=partition_range_tags(first.isoformat(), last.isoformat()))
+
+
 @dg.schedule(
     name="daily_scoring_schedule",
-    cron_schedule="0 6 * * *",
+    cron_schedule=scoring_cron(),
     execution_timezone="UTC",
     job=scoring_job,
-    description="At 06:00 UTC, score yesterday's partition once its features are in the lake.",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="At 06:00 UTC (or $TXGUARD_SCORING_CRON), score every day whose features are in and whose "
+    "scores are not (after an outage too), one run per stretch of consecutive days, once the latest "
+    "feature contract check passed",
 )
-def daily_scoring_schedule(context: dg.ScheduleEvaluationContext, settings: TxguardSettings):
-    from jobs.storage import exists
-
-    scheduled = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
-    day = scheduled.astimezone(dt.UTC).date() - dt.timedelta(days=1)
-    features = partition_uri(settings.load().lake, TRANSACTION_FEATURES, day)
-    if not exists(features):
-        return dg.SkipReason(f"transaction_features for {day} is not in the lake yet ({features})")
-    return dg.RunRequest(run_key=f"scoring-{day.isoformat()}", partition_key=day.isoformat())
+def daily_scoring_schedule(context: dg.ScheduleEvaluationContext):
+    days = unscored_days(context.instance)
+    if not days:
+        return dg.SkipReason("no day has features waiting for scores")
+    contract = context.instance.get_latest_asset_check_evaluation_record(FEATURE_CONTRACT)
+    evaluation = contract.evaluation if contract else None
+    if not isinstance(evaluation, dg.AssetCheckEvaluation) or not evaluation.passed:
+        return dg.SkipReason(
+            f"{len(days)} day(s) wait for scores, but the latest {FEATURE_CONTRACT.to_user_string()} "
+            "evaluation did not pass (or is still running)"
+        )
+    return [scoring_request(context.instance, first, last) for first, last in contiguous_ranges(days)]
 
 
 defs = dg.Definitions(assets=[transaction_scores], jobs=[scoring_job], schedules=[daily_scoring_schedule])

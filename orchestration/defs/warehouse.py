@@ -9,7 +9,8 @@ Every step that touches the DuckDB file runs in the warehouse pool (one at a tim
 snapshot is published after each successful write.
 
 The dbt manifest is made at prepare time (``dagster-dbt project prepare-and-package --file`` on this
-module, or ``dagster dev``); a load only parses when the manifest is missing or older than the project.
+module); a load only parses when the manifest is missing or older than the project, under ``dagster dev``
+too.
 """
 
 import os
@@ -32,7 +33,12 @@ from dagster_dbt import (
 from jobs.dbt_windows import PartitionWindow, dbt_build_args, dbt_environment, window_from_keys
 from jobs.settings import REPO_ROOT, Settings
 from jobs.warehouse import publish_snapshot
-from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, single_run_backfill
+from orchestration.partitions import (
+    WAREHOUSE_POOL,
+    daily_partitions,
+    on_upstream_update,
+    single_run_backfill,
+)
 from orchestration.resources import TxguardSettings
 
 if TYPE_CHECKING:
@@ -81,11 +87,14 @@ def _manifest_is_stale(project: DbtProject) -> bool:
 
 
 def prepared_project() -> DbtProject:
-    """The dbt project with a current manifest: parsed by ``dagster dev``, or here when it is stale."""
+    """The dbt project with a current manifest, parsed here only when it is missing or stale.
+
+    Not ``prepare_if_dev``: under ``dagster dev`` every process that loads the location (the code server,
+    then each run) would parse the project again, several seconds per run for an unchanged manifest.
+    """
     project = DbtProject(project_dir=DBT_PROJECT_DIR)
     dbt_on_path = f"{Path(DBT_EXECUTABLE).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with _environment({"PATH": dbt_on_path}):
-        project.prepare_if_dev()
         if _manifest_is_stale(project):
             project.preparer.prepare(project)
     return project
@@ -96,7 +105,15 @@ dbt_project = prepared_project()
 
 class TxguardDbtTranslator(DagsterDbtTranslator):
     """The landing sources are the ingest assets (other sources keep dagster-dbt's key, which honours
-    ``meta.dagster.asset_key``); a model's key is its name, not schema/name; models are in ``transform``."""
+    ``meta.dagster.asset_key``); a model's key is its name, not schema/name; models are in ``transform``
+    and follow their upstream by declarative automation."""
+
+    def get_automation_condition(
+        self, dbt_resource_props: Mapping[str, Any]
+    ) -> dg.AutomationCondition | None:
+        if dbt_resource_props["resource_type"] != "model":
+            return None
+        return on_upstream_update()
 
     def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None):
         spec = super().get_asset_spec(manifest, unique_id, project)
@@ -207,12 +224,14 @@ def check_metadata(summary: "SuiteSummary") -> dict[str, dg.MetadataValue]:
         )
         for suite, key in SUITE_ASSETS.items()
     ],
+    can_subset=True,
     pool=WAREHOUSE_POOL,
 )
 def gx_staged_suites(
     context: dg.AssetCheckExecutionContext, settings: TxguardSettings
 ) -> Iterator[dg.AssetCheckResult]:
-    """Both suites in one step: one GX import and one read of the warehouse per run."""
+    """Both suites in one step: one GX import and one read of the warehouse per run. A run that stages one
+    source only (automation, or one asset picked in the UI) gets that source's verdict only."""
     from jobs.quality import validate_staged
 
     loaded = settings.load()
@@ -220,6 +239,8 @@ def gx_staged_suites(
         loaded.warehouse_path, run_window(context), loaded.home / "gx", context.run.run_id
     )
     for suite, key in SUITE_ASSETS.items():
+        if dg.AssetCheckKey(key, GX_CHECK_NAME) not in context.selected_asset_check_keys:
+            continue
         yield dg.AssetCheckResult(
             asset_key=key,
             check_name=GX_CHECK_NAME,
