@@ -56,9 +56,7 @@ CHAIN_S = 600
 """How long the daemon may take from the landed files to the finished retraining run (about eight runs)."""
 POLL_S = 2.0
 
-DAY_ASSETS = {
-    "raw_transactions",
-    "raw_fraud_reports",
+CHAIN = {
     "stg_landing__transactions",
     "stg_landing__fraud_reports",
     "int_transactions_labelled",
@@ -68,11 +66,10 @@ DAY_ASSETS = {
     "rpt_daily_fraud_summary",
     "transaction_features",
     "model_performance",
-    "transaction_scores",
-    "feature_drift",
-    "fct_transaction_scores",
-    "rpt_daily_alerts",
 }
+"""What automation requests once both files of a day are ingested."""
+AFTER_SCORING = {"feature_drift", "fct_transaction_scores", "rpt_daily_alerts"}
+DAY_ASSETS = {"raw_transactions", "raw_fraud_reports", *CHAIN, "transaction_scores", *AFTER_SCORING}
 """Every partitioned asset: each must get the drift day's partition from a run the daemon launched."""
 GATES = {
     "raw_transactions:rejected_share_below_threshold",
@@ -431,19 +428,6 @@ def test_the_scoring_schedule_asks_once_for_each_stretch_of_unscored_days(txguar
         assert "did not pass" in tick(instance).skip_message
 
 
-CHAIN = {
-    "stg_landing__transactions",
-    "stg_landing__fraud_reports",
-    "int_transactions_labelled",
-    "fct_transactions",
-    "dim_customers",
-    "dim_terminals",
-    "rpt_daily_fraud_summary",
-    "transaction_features",
-    "model_performance",
-}
-"""What automation requests once both files of a day are ingested."""
-AFTER_SCORING = {"feature_drift", "fct_transaction_scores", "rpt_daily_alerts"}
 LANDED = 14
 """The day landed after a two-week history: model_performance judges the scores of 7 to 13 days back."""
 INGEST_CHECK = "rejected_share_below_threshold"
