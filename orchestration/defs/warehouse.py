@@ -151,50 +151,44 @@ def build_window(context: dg.AssetExecutionContext, dbt: DbtCliResource, setting
     context.log.info(f"dbt built {window}; snapshot published at {settings.snapshot_path}")
 
 
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
+def window_dbt_assets(
+    name: str, description: str, *, select: str = "fqn:*", exclude: str | None = None
+) -> dg.AssetsDefinition:
+    """A daily-partitioned slice of the dbt project, built one run window at a time in the warehouse pool."""
+
+    def build(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: TxguardSettings):
+        yield from build_window(context, dbt, settings.load())
+
+    build.__doc__ = description
+    return dbt_assets(
+        manifest=dbt_project.manifest_path,
+        project=dbt_project,
+        select=select,
+        exclude=exclude,
+        name=name,
+        dagster_dbt_translator=translator,
+        partitions_def=daily_partitions,
+        backfill_policy=single_run_backfill,
+        pool=WAREHOUSE_POOL,
+    )(build)
+
+
+dbt_staging = window_dbt_assets(
+    "dbt_staging",
+    "The staging models: the run's lake partitions replace their window, one transaction per model.",
     select=STAGING_SELECTION,
-    name="dbt_staging",
-    dagster_dbt_translator=translator,
-    partitions_def=daily_partitions,
-    backfill_policy=single_run_backfill,
-    pool=WAREHOUSE_POOL,
 )
-def dbt_staging(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: TxguardSettings):
-    """The staging models: the run's lake partitions replace their window, one transaction per model."""
-    yield from build_window(context, dbt, settings.load())
-
-
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
+dbt_marts = window_dbt_assets(
+    "dbt_marts",
+    "Everything above staging; it starts only once staging's blocking checks (dbt and GX) passed.",
     exclude=f"{STAGING_SELECTION} {SCORING_SELECTION}",
-    name="dbt_marts",
-    dagster_dbt_translator=translator,
-    partitions_def=daily_partitions,
-    backfill_policy=single_run_backfill,
-    pool=WAREHOUSE_POOL,
 )
-def dbt_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: TxguardSettings):
-    """Everything above staging; it starts only once staging's blocking checks (dbt and GX) passed."""
-    yield from build_window(context, dbt, settings.load())
-
-
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
+dbt_scoring_marts = window_dbt_assets(
+    "dbt_scoring_marts",
+    "The marts on the scores: apart from ``dbt_marts`` because they wait for ``transaction_scores``, "
+    "which itself waits for the features built from staging.",
     select=SCORING_SELECTION,
-    name="dbt_scoring_marts",
-    dagster_dbt_translator=translator,
-    partitions_def=daily_partitions,
-    backfill_policy=single_run_backfill,
-    pool=WAREHOUSE_POOL,
 )
-def dbt_scoring_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: TxguardSettings):
-    """The marts on the scores: apart from ``dbt_marts`` because they wait for ``transaction_scores``,
-    which itself waits for the features built from staging."""
-    yield from build_window(context, dbt, settings.load())
 
 
 def check_metadata(summary: "SuiteSummary") -> dict[str, dg.MetadataValue]:
