@@ -374,7 +374,6 @@ def test_two_scoring_runs_at_once_are_serialised_by_the_pool(world, env) -> None
 
     make_champion(world, 1)
     prepare_dagster_home(env)
-    dg.DagsterInstance.get().dispose()  # create the storage before two processes race to create it
     first, second = world["days"][-2], world["days"][-1]
     runs = [
         subprocess.Popen(

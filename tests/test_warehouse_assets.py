@@ -223,6 +223,15 @@ def backfill_job() -> dg.JobDefinition:
     return defs.resolve_job_def("warehouse_backfill")
 
 
+def test_a_prepared_home_has_the_warehouse_slot_before_any_run_claims_it(txguard_home: Path) -> None:
+    """Two runs claiming the first slot together could each allocate one; preparing the home does it once."""
+    prepare_dagster_home(load_settings())
+    prepare_dagster_home(load_settings())
+    with dg.DagsterInstance.get() as instance:
+        pool = instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL)
+    assert (pool.limit, pool.slot_count) == (1, 1)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_multiprocess_backfill_under_the_pool_never_meets_a_lock(txguard_home: Path) -> None:
