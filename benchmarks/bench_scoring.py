@@ -53,6 +53,7 @@ def synthetic_day(day: dt.date, rows: int, rng: np.random.Generator) -> pd.DataF
         frame[f"terminal_id_risk_{w}day_window"] = np.where(rng.uniform(0, 1, rows) < 0.01, 1.0, 0.0)
         average = frame[f"customer_id_avg_amount_{w}day_window"]
         frame[f"customer_id_amount_ratio_{w}day_window"] = amount / average
+        frame[f"terminal_id_nb_reported_frauds_{w}day_window"] = rng.poisson(0.02 * w, rows)
     frame["feature_set_version"] = FEATURE_SET_VERSION
     risk = (
         (frame["tx_amount"] > 220) * 4.0

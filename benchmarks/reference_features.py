@@ -71,6 +71,10 @@ def duckdb_feature_query(transactions: str, fraud_reports: str, start: dt.date, 
         f"terminal_id_nb_tx_{w}day_window else 0.0 end as terminal_id_risk_{w}day_window"
         for w in WINDOWS_DAYS
     )
+    recent = ",\n        ".join(
+        f"count(*) filter (where r.us >= t.us - {w * DAY_US}) as terminal_id_nb_reported_frauds_{w}day_window"
+        for w in WINDOWS_DAYS
+    )
     ratios = ",\n    ".join(
         f"case when customer_id_avg_amount_{w}day_window > 0 then tx_amount / "
         f"customer_id_avg_amount_{w}day_window else 1.0 end as customer_id_amount_ratio_{w}day_window"
@@ -112,6 +116,18 @@ known_frauds as (
      and r.us < t.us - {delay}
      and r.reported_us <= t.us
     group by t.transaction_id
+),
+recent_frauds as (
+    select
+        t.transaction_id,
+        {recent}
+    from target t
+    join reported r
+      on r.terminal_id = t.terminal_id
+     and r.us >= t.us - {widest * DAY_US}
+     and r.us < t.us
+     and r.reported_us <= t.us
+    group by t.transaction_id
 )
 select
     transaction_id, tx_datetime, customer_id, terminal_id, tx_amount,
@@ -122,9 +138,17 @@ select
     {", ".join(f"terminal_id_nb_tx_{w}day_window" for w in WINDOWS_DAYS)},
     {risks},
     {ratios},
+    {
+        ", ".join(
+            f"coalesce(f.terminal_id_nb_reported_frauds_{w}day_window, 0) as "
+            f"terminal_id_nb_reported_frauds_{w}day_window"
+            for w in WINDOWS_DAYS
+        )
+    },
     '{FEATURE_SET_VERSION}' as feature_set_version
 from target
 left join known_frauds k using (transaction_id)
+left join recent_frauds f using (transaction_id)
 """
 
 
@@ -207,6 +231,7 @@ def pandas_features(
         out[f"terminal_id_risk_{w}day_window"] = np.where(
             nb > 0, out[f"frauds_{w}"] / nb.where(nb > 0, 1), 0.0
         )
+    add_recent_reports(out, tx[tx["reported_at"].notna()])
     for w in WINDOWS_DAYS:
         out[f"customer_id_amount_ratio_{w}day_window"] = amount_ratio(
             out["tx_amount"], out[f"customer_id_avg_amount_{w}day_window"]
@@ -233,11 +258,27 @@ def _add_late_reports(out: pd.DataFrame, late: pd.DataFrame, delay: pd.Timedelta
         out[f"frauds_{w}"] = out[f"frauds_{w}"].add(hits.reindex(out.index, fill_value=0))
 
 
+def add_recent_reports(out: pd.DataFrame, reported: pd.DataFrame) -> None:
+    """The terminal's frauds in ``[t - w, t)`` reported by ``t``: pairs of target and reported rows."""
+    pairs = (
+        out[["terminal_id", "tx_datetime"]]
+        .reset_index()
+        .merge(reported[["terminal_id", "tx_datetime", "reported_at"]], on="terminal_id", suffixes=("", "_j"))
+    )
+    pairs = pairs[
+        (pairs["reported_at"] <= pairs["tx_datetime"]) & (pairs["tx_datetime_j"] < pairs["tx_datetime"])
+    ]
+    for w in WINDOWS_DAYS:
+        inside = pairs["tx_datetime_j"] >= pairs["tx_datetime"] - pd.Timedelta(days=w)
+        hits = pairs[inside].groupby("index").size()
+        out[f"terminal_id_nb_reported_frauds_{w}day_window"] = hits.reindex(out.index, fill_value=0)
+
+
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Same column order, dtypes and row order whatever engine produced the frame."""
     frame = frame[list(OUTPUT_COLUMNS)].copy()
     for column in OUTPUT_COLUMNS:
-        if column in ("transaction_id", "customer_id", "terminal_id") or "_nb_tx_" in column:
+        if column in ("transaction_id", "customer_id", "terminal_id") or "_nb_" in column:
             frame[column] = frame[column].astype("int64")
         elif column.startswith("tx_during_"):
             frame[column] = frame[column].astype("int32")

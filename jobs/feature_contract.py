@@ -50,6 +50,7 @@ def _columns() -> dict[str, pa.Column]:
         columns[f"terminal_id_nb_tx_{w}day_window"] = pa.Column(np.int64, pa.Check.ge(0))
         columns[f"terminal_id_risk_{w}day_window"] = pa.Column(np.float64, pa.Check.in_range(0, 1))
         columns[f"customer_id_amount_ratio_{w}day_window"] = pa.Column(np.float64, pa.Check.ge(0))
+        columns[f"terminal_id_nb_reported_frauds_{w}day_window"] = pa.Column(np.int64, pa.Check.ge(0))
     columns["feature_set_version"] = pa.Column(str, pa.Check.isin([FEATURE_SET_VERSION]))
     return {name: columns[name] for name in (*KEY_COLUMNS, *FEATURE_COLUMNS, "feature_set_version")}
 

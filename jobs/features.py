@@ -12,6 +12,8 @@ Terminal risk is the subtle part: whether a transaction in the delayed window co
 to ``tx_j + 7 + w days``. So it becomes two events on its terminal's timeline (+1 where the interval opens,
 -1 where it closes), and the numerator is a running sum over the terminal's transactions and events sorted
 together: one sort per terminal, no join of transactions against reports, whatever the report delays.
+The terminal's reported frauds without the delay are the same idea: ``j`` counts from ``reported_at_j`` up to
+``tx_j + w days``, as two more events on that timeline.
 
 Run it standalone (``python -m jobs.features --start D --end D``, or ``spark-submit jobs/features.py ...``
 with the ``jobs`` package installed or shipped with ``--py-files``) or through Dagster Pipes, which the
@@ -132,6 +134,8 @@ def compute_features(
         reported = F.coalesce(F.sum(f"_opened_{w}").over(so_far), F.lit(0))
         terminal[f"terminal_id_nb_tx_{w}day_window"] = count
         terminal[f"terminal_id_risk_{w}day_window"] = F.when(count > 0, reported / count).otherwise(0.0)
+        recent = F.coalesce(F.sum(f"_recent_{w}").over(so_far), F.lit(0))
+        terminal[f"terminal_id_nb_reported_frauds_{w}day_window"] = recent
 
     hour = F.floor(F.pmod(us, F.lit(MICROS_PER_DAY)) / 3_600_000_000)
     weekday = F.pmod(F.floor(us / MICROS_PER_DAY) + 3, F.lit(7))
@@ -152,10 +156,13 @@ def compute_features(
 def _report_events(tx: DataFrame, fraud_reports: DataFrame, target_to: int) -> DataFrame:
     """+1/-1 events on each terminal's timeline for the times at which a reported transaction counts.
 
-    Transaction ``j`` counts in window ``w`` at ``t`` when ``tx_j + delay < t <= tx_j + delay + w`` and
-    ``reported_at_j <= t``. The interval opens after ``tx_j + delay`` (slot _OPENS_AFTER) or at the report
-    when that comes later (slot _OPENS_AT), and closes after ``tx_j + delay + w`` (slot _OPENS_AFTER); when
-    the report arrives after the interval, ``j`` never counts in that window and emits nothing for it.
+    In the risk window ``w`` (``_opened_w``), transaction ``j`` counts at ``t`` when
+    ``tx_j + delay < t <= tx_j + delay + w`` and ``reported_at_j <= t``. The interval opens after
+    ``tx_j + delay`` (slot _OPENS_AFTER) or at the report when that comes later (slot _OPENS_AT), and closes
+    after ``tx_j + delay + w`` (slot _OPENS_AFTER); when the report arrives after the interval, ``j`` never
+    counts in that window and emits nothing for it. Among the reported frauds (``_recent_w``) it counts when
+    ``tx_j < t <= tx_j + w`` and ``reported_at_j <= t``: from after ``tx_j`` or at the report, whichever is
+    later, to after ``tx_j + w``.
     """
     from pyspark.sql import functions as F
 
@@ -174,17 +181,23 @@ def _report_events(tx: DataFrame, fraud_reports: DataFrame, target_to: int) -> D
     opens = F.when(late, reported_us * _SLOTS + _OPENS_AT).otherwise(after_delay * _SLOTS + _OPENS_AFTER)
     closes = {w: after_delay + w * MICROS_PER_DAY for w in WINDOWS_DAYS}
     counts = {w: (reported_us <= closes[w]).cast("int") for w in WINDOWS_DAYS}
+    recent_opens = F.when(reported_us > F.col("_us"), reported_us * _SLOTS + _OPENS_AT).otherwise(
+        F.col("_us") * _SLOTS + _OPENS_AFTER
+    )
+    recent_ends = {w: F.col("_us") + w * MICROS_PER_DAY for w in WINDOWS_DAYS}
+    recent = {w: (reported_us <= recent_ends[w]).cast("int") for w in WINDOWS_DAYS}
+    fields = [f"_{kind}_{w}" for kind in ("opened", "recent") for w in WINDOWS_DAYS]
 
-    def event(key: Column, deltas: dict[int, Column]) -> Column:
-        return F.struct(
-            key.alias("_key"),
-            *(deltas.get(w, F.lit(0)).alias(f"_opened_{w}") for w in WINDOWS_DAYS),
-        )
+    def event(key: Column, deltas: dict[str, Column]) -> Column:
+        return F.struct(key.alias("_key"), *(deltas.get(name, F.lit(0)).alias(name) for name in fields))
 
-    events = [event(opens, counts)] + [
-        event(closes[w] * _SLOTS + _OPENS_AFTER, {w: -counts[w]}) for w in WINDOWS_DAYS
+    events = [
+        event(opens, {f"_opened_{w}": counts[w] for w in WINDOWS_DAYS}),
+        event(recent_opens, {f"_recent_{w}": recent[w] for w in WINDOWS_DAYS}),
+        *(event(closes[w] * _SLOTS + _OPENS_AFTER, {f"_opened_{w}": -counts[w]}) for w in WINDOWS_DAYS),
+        *(event(recent_ends[w] * _SLOTS + _OPENS_AFTER, {f"_recent_{w}": -recent[w]}) for w in WINDOWS_DAYS),
     ]
-    any_delta = F.greatest(*(F.abs(F.col(f"_opened_{w}")) for w in WINDOWS_DAYS)) > 0
+    any_delta = F.greatest(*(F.abs(F.col(name)) for name in fields)) > 0
     return (
         reported.select("terminal_id", F.explode(F.array(*events)).alias("_event"))
         .select("terminal_id", "_event.*")

@@ -90,20 +90,38 @@ def _hand_dataset() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _expected(
-    amount: float, customer: tuple, terminal: tuple, weekend: int = 0, night: int = 0
+    amount: float,
+    customer: tuple,
+    terminal: tuple,
+    weekend: int = 0,
+    night: int = 0,
+    reported: tuple = (0, 0, 0),
 ) -> dict[str, float]:
     (n1, a1), (n7, a7), (n30, a30) = customer
     (m1, r1), (m7, r7), (m30, r30) = terminal
     ratios = [amount / a if a > 0 else 1.0 for a in (a1, a7, a30)]
-    values = [amount, weekend, night, n1, n7, n30, a1, a7, a30, m1, m7, m30, r1, r7, r30, *ratios]
+    values = [amount, weekend, night, n1, n7, n30, a1, a7, a30, m1, m7, m30, r1, r7, r30, *ratios, *reported]
     return dict(zip(FEATURE_COLUMNS, values, strict=True))
 
 
 NONE_SEEN = ((0, 0.0), (0, 0.0), (0, 0.0))
 HAND_EXPECTED = {
-    7: _expected(64.0, ((3, 224 / 3), (5, 248 / 5), (7, 254 / 7)), ((3, 2 / 3), (4, 2 / 4), (5, 3 / 5))),
+    # reported frauds at terminal 10 without the delay: at T, 20 (exactly 7 days before, in) for 7 days, and
+    # 20, 21, 23 (reported at exactly T) for 30; at T + 1 s, 20 has left the 7-day window and 24 (reported
+    # at T + 1 s) has joined the 30-day one
+    7: _expected(
+        64.0,
+        ((3, 224 / 3), (5, 248 / 5), (7, 254 / 7)),
+        ((3, 2 / 3), (4, 2 / 4), (5, 3 / 5)),
+        reported=(0, 1, 3),
+    ),
     8: _expected(128.0, ((3, 224 / 3), (5, 248 / 5), (7, 254 / 7)), NONE_SEEN),
-    9: _expected(256.0, ((3, 448 / 3), (5, 496 / 5), (7, 508 / 7)), ((3, 2 / 3), (5, 4 / 5), (5, 4 / 5))),
+    9: _expected(
+        256.0,
+        ((3, 448 / 3), (5, 496 / 5), (7, 508 / 7)),
+        ((3, 2 / 3), (5, 4 / 5), (5, 4 / 5)),
+        reported=(0, 0, 4),
+    ),
     30: _expected(7.5, ((1, 7.5), (1, 7.5), (1, 7.5)), NONE_SEEN, night=1),
     31: _expected(3.0, ((1, 3.0), (1, 3.0), (1, 3.0)), NONE_SEEN),
     40: _expected(5.0, ((1, 5.0), (1, 5.0), (1, 5.0)), NONE_SEEN, weekend=1, night=1),

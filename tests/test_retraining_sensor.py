@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
-from test_monitoring import DRIFT_FROM, simulated_transactions
+from test_monitoring import CALM_DAY, DRIFT_FROM, simulated_transactions
 
 from jobs.monitoring import RetrainingTrigger, decide_retraining
 from orchestration.defs.monitoring import (
@@ -105,7 +105,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     storage.write_parquet_atomic(pa.Table.from_pandas(reference), reference_uri(str(lake), MODEL_NAME, 1))
     warehouse = root / "warehouse" / "txguard.duckdb"
     settings = load_settings(home=root, lake_root=str(lake), warehouse=warehouse)
-    scored = [DRIFT_FROM - dt.timedelta(days=2), DRIFT_FROM + dt.timedelta(days=1)]
+    scored = [CALM_DAY, DRIFT_FROM + dt.timedelta(days=1)]
     now = dt.datetime.now(dt.UTC)
     score_days(settings, scored, model, booster, run_id="world", scored_at=now, explain="none")
     publish_snapshot(settings.warehouse_path, settings.snapshot_path)
@@ -143,7 +143,7 @@ def tick(instance: dg.DagsterInstance, cursor: str | None, cooldown_hours: float
 
 
 def test_simulated_drift_requests_retraining_once_per_cooldown(instance) -> None:
-    calm = measure_drift_on(DRIFT_FROM - dt.timedelta(days=2), instance)
+    calm = measure_drift_on(CALM_DAY, instance)
     assert calm.passed, calm.description
     quiet = tick(instance, None)
     assert isinstance(quiet, dg.SkipReason) and "no new failing" in quiet.skip_message

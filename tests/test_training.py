@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from benchmarks.reference_features import add_recent_reports
 from jobs import storage
 from jobs.feature_definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION, FeatureSetMismatch, amount_ratio
 from jobs.layout import RAW_FRAUD_REPORTS, TRANSACTION_FEATURES, partition_uri
@@ -135,6 +136,7 @@ def handbook_features(tx: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
         out.loc[by_terminal.index, f"terminal_id_risk_{w}day_window"] = np.where(
             nb > 0, fr / np.maximum(nb, 1), 0
         )
+    add_recent_reports(out, tx[tx["reported_at"].notna()])
     out[list(FEATURE_COLUMNS)] = out[list(FEATURE_COLUMNS)].astype(np.float64)
     out["feature_set_version"] = FEATURE_SET_VERSION
     return out
@@ -296,11 +298,13 @@ def test_permuting_customer_ids_leaves_model_and_scores_unchanged(trained, train
 
 
 def test_doubling_terminal_fraud_rate_does_not_lower_scores_on_average(trained, training_set) -> None:
+    """Twice the terminal's frauds: its delayed fraud rate and its frauds reported so far both double."""
     holdout = training_set.holdout.frame
     risky = holdout.copy()
     for w in (1, 7, 30):
         column = f"terminal_id_risk_{w}day_window"
         risky[column] = np.minimum(2 * risky[column], 1.0)
+        risky[f"terminal_id_nb_reported_frauds_{w}day_window"] *= 2
     changed = (risky[list(FEATURE_COLUMNS)] != holdout[list(FEATURE_COLUMNS)]).any(axis=1)
     assert changed.sum() > 50
     before = predict_scores(trained.booster, holdout[changed])
