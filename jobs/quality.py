@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import webbrowser
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -335,21 +335,21 @@ def _utc_midnight(day: dt.date) -> pd.Timestamp:
     return pd.Timestamp(day.isoformat(), tz="UTC")
 
 
-def staged_batches(warehouse: Path, window: PartitionWindow) -> dict[str, Batch]:
-    """Read both suites' batches in one short read-only session on the warehouse."""
+def staged_batches(
+    warehouse: Path, window: PartitionWindow, suites: Collection[str] = SUITES
+) -> dict[str, Batch]:
+    """Read the suites' batches in one short read-only session on the warehouse."""
+    readers = {"transactions": transactions_batch, "fraud_reports": fraud_reports_batch}
     with connect(warehouse, read_only=True) as connection:
         connection.execute("set TimeZone = 'UTC'")
-        return {
-            "transactions": transactions_batch(connection, window),
-            "fraud_reports": fraud_reports_batch(connection, window),
-        }
+        return {name: readers[name](connection, window) for name in suites}
 
 
 def validate_staged(
-    warehouse: Path, window: PartitionWindow, gx_root: Path, run_name: str
+    warehouse: Path, window: PartitionWindow, gx_root: Path, run_name: str, suites: Collection[str] = SUITES
 ) -> dict[str, SuiteSummary]:
-    """Both suites on the staged rows of ``window``."""
-    return validate_frames(staged_batches(warehouse, window), gx_root, f"{run_name}:{window}")
+    """The suites (both by default) on the staged rows of ``window``."""
+    return validate_frames(staged_batches(warehouse, window, suites), gx_root, f"{run_name}:{window}")
 
 
 def build_data_docs(gx_root: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -24,15 +25,25 @@ class RangeRunOutcome:
     skipped_steps: list[str] = field(default_factory=list)
 
 
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
 def partition_range_tags(start: str, end: str) -> dict[str, str]:
     """Run tags that make one run cover a whole partition range (single-run backfill)."""
     first, last = parse_day(start), parse_day(end)
     if last < first:
         raise ValueError(f"--to {end} is before --from {start}")
-    return {
-        "dagster/asset_partition_range_start": first.isoformat(),
-        "dagster/asset_partition_range_end": last.isoformat(),
-    }
+    return {RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()}
+
+
+def partition_range_of(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first and last partition key a run covers (one partition or a range), None when unpartitioned."""
+    if PARTITION_TAG in tags:
+        return tags[PARTITION_TAG], tags[PARTITION_TAG]
+    first, last = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    return (first, last) if first and last else None
 
 
 def run_partition_range(

@@ -151,6 +151,13 @@ def test_an_amount_out_of_range_fails_the_named_expectation(staged: Path, gx_roo
     assert row["tx_amount"] == 50_000.0 and row["transaction_id"] == OUT_OF_RANGE.toordinal() * 1000 + 4
 
 
+def test_one_suite_alone_reads_and_validates_only_its_source(staged: Path, gx_root: Path) -> None:
+    window = window_from_keys(SPIKE.isoformat(), SPIKE.isoformat())
+    summaries = validate_staged(staged, window, gx_root, "test", suites=["fraud_reports"])
+    assert list(summaries) == ["fraud_reports"]
+    assert summaries["fraud_reports"].failed == ["fraud_rate_band"]
+
+
 def test_a_fraud_report_spike_fails_the_fraud_rate_band(staged: Path, gx_root: Path) -> None:
     summaries = validate(staged, gx_root, SPIKE)
     assert summaries["transactions"].success

@@ -46,6 +46,7 @@ from orchestration.partitions import (
     with_its_asset,
 )
 from orchestration.resources import TxguardSettings
+from orchestration.runs import partition_range_of
 
 if TYPE_CHECKING:
     from jobs.monitoring import DriftReport, PerformanceReport
@@ -246,12 +247,12 @@ def retraining_sensor(context: dg.SensorEvaluationContext, retraining_policy: Re
 
 
 def _run_details(run: dg.DagsterRun) -> dict[str, str]:
-    tags = run.tags
-    first, last = (
-        tags.get("dagster/asset_partition_range_start"),
-        tags.get("dagster/asset_partition_range_end"),
-    )
-    partitions = tags.get("dagster/partition") or (f"{first}..{last}" if first and last else "")
+    covered = partition_range_of(run.tags)
+    if covered is None:
+        partitions = ""
+    else:
+        first, last = covered
+        partitions = first if first == last else f"{first}..{last}"
     return {"run_id": run.run_id, "job": run.job_name, "partitions": partitions}
 
 

@@ -14,7 +14,7 @@ import dagster as dg
 from jobs.layout import parse_day
 from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, scoring_cron, single_run_backfill
 from orchestration.resources import TxguardSettings
-from orchestration.runs import partition_range_tags
+from orchestration.runs import partition_range_of, partition_range_tags
 
 if TYPE_CHECKING:
     from jobs.registry import ModelRef
@@ -194,14 +194,10 @@ def days_being_scored(instance: dg.DagsterInstance) -> set[dt.date]:
     """The days of scoring runs not finished yet: requested already, not materialized yet."""
     found: set[dt.date] = set()
     for run in instance.get_runs(dg.RunsFilter(job_name=SCORING_JOB, statuses=UNFINISHED)):
-        tags = run.tags
-        first = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start")
-        last = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_end")
-        if first and last:
-            day, end = parse_day(first), parse_day(last)
-            while day <= end:
-                found.add(day)
-                day += dt.timedelta(days=1)
+        covered = partition_range_of(run.tags)
+        if covered:
+            keys = daily_partitions.get_partition_keys_in_range(dg.PartitionKeyRange(*covered))
+            found.update(parse_day(key) for key in keys)
     return found
 
 

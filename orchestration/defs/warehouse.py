@@ -224,17 +224,18 @@ def check_metadata(summary: "SuiteSummary") -> dict[str, dg.MetadataValue]:
 def gx_staged_suites(
     context: dg.AssetCheckExecutionContext, settings: TxguardSettings
 ) -> Iterator[dg.AssetCheckResult]:
-    """Both suites in one step: one GX import and one read of the warehouse per run. A run that stages one
-    source only (automation, or one asset picked in the UI) gets that source's verdict only."""
+    """The suites in one step: one GX import and one read of the warehouse per run. A run that stages one
+    source only (automation, or one asset picked in the UI) validates and reports that source only."""
     from jobs.quality import validate_staged
 
     loaded = settings.load()
+    selected = context.selected_asset_check_keys
+    suites = [s for s, key in SUITE_ASSETS.items() if dg.AssetCheckKey(key, GX_CHECK_NAME) in selected]
     summaries = validate_staged(
-        loaded.warehouse_path, run_window(context), loaded.home / "gx", context.run.run_id
+        loaded.warehouse_path, run_window(context), loaded.home / "gx", context.run.run_id, suites
     )
-    for suite, key in SUITE_ASSETS.items():
-        if dg.AssetCheckKey(key, GX_CHECK_NAME) not in context.selected_asset_check_keys:
-            continue
+    for suite in suites:
+        key = SUITE_ASSETS[suite]
         yield dg.AssetCheckResult(
             asset_key=key,
             check_name=GX_CHECK_NAME,
