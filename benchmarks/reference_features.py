@@ -64,7 +64,8 @@ def duckdb_feature_query(transactions: str, fraud_reports: str, start: dt.date, 
         for w in WINDOWS_DAYS
     )
     known = ",\n        ".join(
-        f"count(*) filter (where r.us >= t.us - {delay + w * DAY_US}) as frauds_{w}" for w in WINDOWS_DAYS
+        f"count(*) filter (where r.us >= t.us - {delay + w * DAY_US} and r.us < t.us - {delay}) as frauds_{w}"
+        for w in WINDOWS_DAYS
     )
     risks = ",\n    ".join(
         f"case when terminal_id_nb_tx_{w}day_window > 0 then coalesce(k.frauds_{w}, 0) / "
@@ -74,6 +75,10 @@ def duckdb_feature_query(transactions: str, fraud_reports: str, start: dt.date, 
     recent = ",\n        ".join(
         f"count(*) filter (where r.us >= t.us - {w * DAY_US}) as terminal_id_nb_reported_frauds_{w}day_window"
         for w in WINDOWS_DAYS
+    )
+    reported_counts = ",\n    ".join(
+        f"coalesce(k.{name}, 0) as {name}"
+        for name in (f"terminal_id_nb_reported_frauds_{w}day_window" for w in WINDOWS_DAYS)
     )
     ratios = ",\n    ".join(
         f"case when customer_id_avg_amount_{w}day_window > 0 then tx_amount / "
@@ -108,23 +113,12 @@ target as (select * from windowed where tx_datetime >= {target_from}),
 known_frauds as (
     select
         t.transaction_id,
-        {known}
-    from target t
-    join reported r
-      on r.terminal_id = t.terminal_id
-     and r.us >= t.us - {delay + widest * DAY_US}
-     and r.us < t.us - {delay}
-     and r.reported_us <= t.us
-    group by t.transaction_id
-),
-recent_frauds as (
-    select
-        t.transaction_id,
+        {known},
         {recent}
     from target t
     join reported r
       on r.terminal_id = t.terminal_id
-     and r.us >= t.us - {widest * DAY_US}
+     and r.us >= t.us - {delay + widest * DAY_US}
      and r.us < t.us
      and r.reported_us <= t.us
     group by t.transaction_id
@@ -138,17 +132,10 @@ select
     {", ".join(f"terminal_id_nb_tx_{w}day_window" for w in WINDOWS_DAYS)},
     {risks},
     {ratios},
-    {
-        ", ".join(
-            f"coalesce(f.terminal_id_nb_reported_frauds_{w}day_window, 0) as "
-            f"terminal_id_nb_reported_frauds_{w}day_window"
-            for w in WINDOWS_DAYS
-        )
-    },
+    {reported_counts},
     '{FEATURE_SET_VERSION}' as feature_set_version
 from target
 left join known_frauds k using (transaction_id)
-left join recent_frauds f using (transaction_id)
 """
 
 
@@ -242,32 +229,32 @@ def pandas_features(
     return _normalise(out[list(OUTPUT_COLUMNS)])
 
 
+def _known_pairs(out: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
+    """Each target row (``index``) with every reported transaction (``*_j``) at its terminal whose report is
+    known at the target's time."""
+    pairs = (
+        out[["terminal_id", "tx_datetime"]]
+        .reset_index()
+        .merge(reported[["terminal_id", "tx_datetime", "reported_at"]], on="terminal_id", suffixes=("", "_j"))
+    )
+    return pairs[pairs["reported_at"] <= pairs["tx_datetime"]]
+
+
 def _add_late_reports(out: pd.DataFrame, late: pd.DataFrame, delay: pd.Timedelta) -> None:
     """Reports after the delay count from their arrival on: merge them with the target transactions."""
     if late.empty or out.empty:
         return
-    pairs = (
-        out[["terminal_id", "tx_datetime"]]
-        .reset_index()
-        .merge(late[["terminal_id", "tx_datetime", "reported_at"]], on="terminal_id", suffixes=("", "_late"))
-    )
-    pairs = pairs[pairs["reported_at"] <= pairs["tx_datetime"]]
+    pairs = _known_pairs(out, late)
     for w in WINDOWS_DAYS:
-        inside = pairs["tx_datetime_late"] >= pairs["tx_datetime"] - delay - pd.Timedelta(days=w)
+        inside = pairs["tx_datetime_j"] >= pairs["tx_datetime"] - delay - pd.Timedelta(days=w)
         hits = pairs[inside].groupby("index").size()
         out[f"frauds_{w}"] = out[f"frauds_{w}"].add(hits.reindex(out.index, fill_value=0))
 
 
 def add_recent_reports(out: pd.DataFrame, reported: pd.DataFrame) -> None:
     """The terminal's frauds in ``[t - w, t)`` reported by ``t``: pairs of target and reported rows."""
-    pairs = (
-        out[["terminal_id", "tx_datetime"]]
-        .reset_index()
-        .merge(reported[["terminal_id", "tx_datetime", "reported_at"]], on="terminal_id", suffixes=("", "_j"))
-    )
-    pairs = pairs[
-        (pairs["reported_at"] <= pairs["tx_datetime"]) & (pairs["tx_datetime_j"] < pairs["tx_datetime"])
-    ]
+    pairs = _known_pairs(out, reported)
+    pairs = pairs[pairs["tx_datetime_j"] < pairs["tx_datetime"]]
     for w in WINDOWS_DAYS:
         inside = pairs["tx_datetime_j"] >= pairs["tx_datetime"] - pd.Timedelta(days=w)
         hits = pairs[inside].groupby("index").size()

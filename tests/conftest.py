@@ -48,9 +48,13 @@ CHROMIUM_FLAGS = [
 """No sandbox (tests may run as root); no background networking on a machine with no route out."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's headless Chromium driven by Playwright; ``make test`` installs it (``make browser``)."""
+    """Debian's headless Chromium driven by Playwright; ``make test`` installs it (``make browser``).
+
+    One per module, not per session: Playwright's sync API keeps an asyncio loop running in the main thread
+    while it is open, and a later test that calls ``asyncio.run`` (Dagster's automation evaluator does)
+    would fail depending on the order the modules ran in."""
     import shutil
 
     from playwright.sync_api import sync_playwright

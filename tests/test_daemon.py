@@ -17,16 +17,10 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from dagster_server import LOCATION, free_port, graphql, location_loaded, stop_group
 
 from jobs.settings import REPO_ROOT, Settings
 from orchestration.partitions import SCORING_CRON_ENV, SENSOR_INTERVAL_ENV
@@ -49,7 +44,6 @@ DRIFT_FACTOR = 2.0
 quarter of transactions at night, reads as a warning on its first day at this size: worst PSI about 0.24.)"""
 CUSTOMERS, TERMINALS, SEED = 1_000, 2_000, 7
 """About 2,000 transactions a day: enough frauds for a first model that clears the promotion floor."""
-LOCATION = "txguard"
 TICK_SECONDS = 5
 SERVER_START_S = 240
 CHAIN_S = 600
@@ -112,10 +106,6 @@ query Ticks($location: String!, $sensor: String!) { sensorOrError(sensorSelector
   __typename ... on Sensor { sensorState { status ticks(limit: 5) { status skipReason } } }
   ... on PythonError { message } } }
 """
-LOCATION_STATUS = """
-{ workspaceOrError { __typename ... on Workspace { locationEntries {
-  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
-"""
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 WEEKLY_SCHEDULE = "weekly_retraining_schedule"
 """Its Monday 04:00 UTC tick may fall inside the test and add a retraining run of its own: left out."""
@@ -165,47 +155,17 @@ class DagsterDev:
             )
 
     def stop(self) -> None:
-        """SIGTERM the whole group (CLI, webserver, daemon, code servers, runs), then SIGKILL what is left."""
-        if self.process is None:
-            return
-        for sig, grace_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline:
-                self.process.poll()
-                try:
-                    os.killpg(self.process.pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.2)
+        if self.process is not None:
+            stop_group(self.process)
 
     def log_tail(self, chars: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else "(no log)"
 
     def graphql(self, query: str, **variables: object) -> dict:
-        body = json.dumps({"query": query, "variables": variables}).encode()
-        request = urllib.request.Request(
-            f"{self.base}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.load(response)
-        assert "errors" not in answer, answer["errors"]
-        return answer["data"]
+        return graphql(self.base, query, variables)
 
     def location_loaded(self) -> bool:
-        try:
-            workspace = self.graphql(LOCATION_STATUS)["workspaceOrError"]
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        for entry in workspace.get("locationEntries", []):
-            if entry["name"] == LOCATION and entry["loadStatus"] == "LOADED":
-                loaded = entry["locationOrLoadError"]
-                assert loaded["__typename"] == "RepositoryLocation", f"the location failed to load: {loaded}"
-                return True
-        return False
+        return location_loaded(self.base)
 
     def ticks(self, sensor: str) -> list[dict]:
         found = self.graphql(SENSOR_TICKS, location=LOCATION, sensor=sensor)["sensorOrError"]
@@ -270,12 +230,6 @@ class DagsterDev:
             if time.monotonic() > deadline:
                 pytest.fail(f"no {what} after {timeout_s:.0f} s\n{self.diagnosis()}")
             time.sleep(POLL_S)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

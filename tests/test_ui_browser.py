@@ -10,22 +10,18 @@ every page go to ``test_artifacts``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dagster_server import free_port, graphql, location_loaded, stop_group
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from jobs.settings import REPO_ROOT
@@ -110,57 +106,6 @@ def assets_by_group() -> dict[str, list[str]]:
     return groups
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def graphql(base: str, query: str, variables: dict | None = None) -> dict:
-    """POST one GraphQL query to the webserver and return its ``data``; errors fail the test."""
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    headers = {"Content-Type": "application/json"}
-    request = urllib.request.Request(f"{base}/graphql", data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        answer = json.load(response)
-    assert "errors" not in answer, answer["errors"]
-    return answer["data"]
-
-
-LOCATION_STATUS = """
-{ workspaceOrError { __typename ... on Workspace { locationEntries {
-    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
-"""
-
-
-def location_loaded(base: str) -> bool:
-    """True once the ``txguard`` location is loaded; a location that failed to load fails the test."""
-    workspace = graphql(base, LOCATION_STATUS)["workspaceOrError"]
-    for entry in workspace.get("locationEntries", []):
-        if entry["name"] == "txguard" and entry["loadStatus"] == "LOADED":
-            loaded = entry["locationOrLoadError"]
-            assert loaded["__typename"] == "RepositoryLocation", f"the code location failed to load: {loaded}"
-            return True
-    return False
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM the server's whole process group (CLI, webserver, code server), then SIGKILL what is left."""
-    for sig, grace_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            process.poll()
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-
-
 @contextmanager
 def serving(argv: list[str], port: int, log_path: Path) -> Iterator[str]:
     """Run a UI server in its own process group until its code location is loaded; stop it on exit."""
@@ -174,11 +119,8 @@ def serving(argv: list[str], port: int, log_path: Path) -> Iterator[str]:
         while True:
             if process.poll() is not None:
                 pytest.fail(f"{argv[0]} exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if location_loaded(base):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if location_loaded(base):
+                break
             if time.monotonic() > deadline:
                 pytest.fail(f"no UI on {base} after {SERVER_START_S} s:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.5)
