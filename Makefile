@@ -20,7 +20,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode
-	$(RUN)/dagster-dbt project prepare-and-package --file orchestration/defs/warehouse.py
+	$(RUN)/dagster-dbt project prepare-and-package --file orchestration/defs/transform.py
 	touch $@
 
 install: $(VENV)/.installed ## create .venv from uv.lock

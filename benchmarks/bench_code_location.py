@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from jobs.settings import REPO_ROOT
+from jobs.platform.settings import REPO_ROOT
 
 HEAVY_MODULES = ("pyspark", "great_expectations", "mlflow", "lightgbm", "dbt.cli")
 REPEATS = 5

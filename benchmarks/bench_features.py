@@ -18,11 +18,17 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from benchmarks.reference_features import _normalise, duckdb_feature_query, pandas_features, write_raw_lake
-from jobs.feature_definitions import FEATURE_COLUMNS, HISTORY_DAYS
-from jobs.features import build_features, days_between
-from jobs.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS, TRANSACTION_FEATURES, dataset_uri, partition_uri
-from jobs.simulate import SimulationConfig, simulate
+from jobs.features.definitions import FEATURE_COLUMNS, HISTORY_DAYS
+from jobs.features.spark_job import build_features, days_between
+from jobs.platform.layout import (
+    RAW_FRAUD_REPORTS,
+    RAW_TRANSACTIONS,
+    TRANSACTION_FEATURES,
+    dataset_uri,
+    partition_uri,
+)
+from jobs.simulation.simulator import SimulationConfig, simulate
+from jobs.testing.reference_features import _normalise, duckdb_feature_query, pandas_features, write_raw_lake
 
 INCREMENTAL_REPEATS = 3
 
@@ -79,7 +85,7 @@ def _verdict(ok: bool) -> str:
 
 
 def main() -> None:
-    from jobs.spark import spark_session
+    from jobs.platform.spark import spark_session
 
     config = SimulationConfig()
     data, seconds = _timed(simulate, config)

@@ -17,9 +17,9 @@ import time
 
 import pandas as pd
 
-from benchmarks.reference_features import duckdb_features
-from jobs.evaluate import PUBLISHED, ProtocolResult, protocol_window, run_protocol
-from jobs.simulate import SimulationConfig, simulate
+from jobs.simulation.simulator import SimulationConfig, simulate
+from jobs.testing.reference_features import duckdb_features
+from jobs.training.evaluate import PUBLISHED, ProtocolResult, protocol_window, run_protocol
 
 PROTOCOLS = ("handbook", "production")
 

@@ -48,7 +48,7 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 from benchmarks.bench_code_location import import_seconds
-from jobs.settings import REPO_ROOT, load_settings
+from jobs.platform.settings import REPO_ROOT, load_settings
 
 CUSTOMERS = 1_000
 TERMINALS = 2_000
@@ -111,7 +111,7 @@ def build_history(last_day: dt.date, instance: dg.DagsterInstance) -> tuple[floa
     Returns the time it took and the checks that failed: on a history this short the drift monitor fires,
     which is the monitor's business; a failed step or a missing score is not.
     """
-    from jobs.simulate import SimulationConfig, simulate, write_landing
+    from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
     from orchestration.definitions import defs
     from orchestration.runs import run_partition_range
 

@@ -3,7 +3,7 @@
 Goal (DESIGN.md §7): end-to-end throughput (read the day's features from the lake, score, reason codes,
 one DuckDB transaction per day) at least 50 % of bare predict throughput. Reason codes (TreeSHAP through
 ``pred_contrib``) are reported on their own: what the default review set costs, and what explaining every
-row would cost. The model has the production training parameters (``jobs.training.TrainingParams``) and
+row would cost. The model has the production training parameters (``jobs.training.trainer.TrainingParams``) and
 a fixed number of trees; the rows look like the handbook's (5,000 cards, 10,000 terminals, ~10k
 transactions a day).
 """
@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from jobs import storage
-from jobs.feature_definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION
-from jobs.layout import TRANSACTION_FEATURES, partition_uri
+from jobs.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION
+from jobs.platform import storage
+from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
 
 DAYS = 8
 ROWS_PER_DAY = 12_500
@@ -67,7 +67,7 @@ def synthetic_day(day: dt.date, rows: int, rng: np.random.Generator) -> pd.DataF
 def train(frame: pd.DataFrame):
     import lightgbm as lgb
 
-    from jobs.training import TrainingParams
+    from jobs.training.trainer import TrainingParams
 
     positives = int(frame["label"].sum())
     params = TrainingParams().lightgbm_params("cpu", positives, len(frame) - positives)
@@ -87,11 +87,11 @@ def best_of(repeats: int, action) -> float:
 
 
 def main() -> None:
-    from jobs.registry import ModelRef
-    from jobs.scoring import reason_codes, score_days
-    from jobs.settings import load_settings
-    from jobs.training import choose_threshold, with_day
-    from jobs.warehouse import publish_snapshot
+    from jobs.platform.settings import load_settings
+    from jobs.platform.warehouse import publish_snapshot
+    from jobs.registry.registry import ModelRef
+    from jobs.scoring.batch import reason_codes, score_days
+    from jobs.training.trainer import choose_threshold, with_day
 
     rng = np.random.default_rng(11)
     booster = train(

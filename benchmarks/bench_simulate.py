@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 
-from jobs.simulate import HANDBOOK, SimulationConfig, simulate, write_landing
+from jobs.simulation.simulator import HANDBOOK, SimulationConfig, simulate, write_landing
 
 GOAL_SECONDS = 30.0
 

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     import lightgbm as lgb
 
     print(f"LightGBM {lgb.__version__} from {Path(lgb.__file__).parent}")
-    from jobs.metrics import roc_auc
-    from jobs.training import probe_device
+    from jobs.training.metrics import roc_auc
+    from jobs.training.trainer import probe_device
 
     threads = os.cpu_count() or 1
     started = time.perf_counter()

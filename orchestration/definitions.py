@@ -6,7 +6,7 @@ LightGBM are imported inside asset bodies so that the UI and the daemon load the
 
 import dagster as dg
 
-from orchestration.defs import features, ingest, lineage, monitoring, scoring, training, warehouse
+from orchestration.defs import features, governance, ingest, monitoring, scoring, training, transform
 from orchestration.partitions import daily_partitions
 from orchestration.resources import TxguardSettings
 from orchestration.runs import PIPELINE_JOB
@@ -20,11 +20,11 @@ daily_pipeline = dg.define_asset_job(
 
 defs = dg.Definitions.merge(
     ingest.defs,
-    warehouse.defs,
+    transform.defs,
     features.defs,
     training.defs,
     scoring.defs,
     monitoring.defs,
-    lineage.defs,
+    governance.defs,
     dg.Definitions(jobs=[daily_pipeline], resources={"settings": TxguardSettings()}),
 )

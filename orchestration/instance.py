@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from jobs.settings import REPO_ROOT, Settings
+from jobs.platform.settings import REPO_ROOT, Settings
 
 INSTANCE_TEMPLATE = REPO_ROOT / "dagster.yaml"
 

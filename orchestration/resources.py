@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from jobs.settings import Settings, load_settings
+from jobs.platform.settings import Settings, load_settings
 
 
 class TxguardSettings(dg.ConfigurableResource):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from jobs.layout import parse_day
+from jobs.platform.layout import parse_day
 
 PIPELINE_JOB = "daily_pipeline"
 

@@ -29,7 +29,7 @@ def txguard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 @pytest.fixture(scope="session")
 def spark():
     """The one Spark session of the test session (local[2], small shuffles)."""
-    from jobs.spark import spark_session
+    from jobs.platform.spark import spark_session
 
     session = spark_session("local[2]", app_name="txguard-tests", shuffle_partitions=4)
     yield session

@@ -43,8 +43,8 @@ def sql(query: str, fmt: str, max_rows: int) -> None:
     """
     import duckdb
 
-    from jobs.settings import SettingsError, load_settings
-    from jobs.warehouse import connect_snapshot
+    from jobs.platform.settings import SettingsError, load_settings
+    from jobs.platform.warehouse import connect_snapshot
 
     try:
         snapshot = load_settings().snapshot_path
@@ -74,7 +74,7 @@ def rescore(start: str, end: str) -> None:
     """
     import dagster as dg
 
-    from jobs.score_store import read_partitions
+    from jobs.scoring.store import read_partitions
     from orchestration.cli.pipeline import prepared_settings
     from orchestration.defs.scoring import SCORING_JOB
     from orchestration.runs import run_partition_range

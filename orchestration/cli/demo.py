@@ -23,8 +23,8 @@ DEMO_START = dt.date(2018, 4, 1)
 @click.option("--seed", default=7, show_default=True, type=int)
 def demo(customers: int, terminals: int, days: int, seed: int) -> None:
     """Simulate data into the landing zone (unless it has files), run every asset on it, point at results."""
-    from jobs.simulate import SimulationConfig, simulate, write_landing
-    from jobs.storage import filesystem, join
+    from jobs.platform.storage import filesystem, join
+    from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
 
     settings = prepared_settings()
     started = time.perf_counter()
@@ -64,7 +64,7 @@ ALERTS_BY_DAY = (
 
 def top_alert_query(snapshot: Path) -> int | None:
     """Print the last days' alert counts from the analysts' snapshot; return the top-scored transaction."""
-    from jobs.warehouse import connect
+    from jobs.platform.warehouse import connect
 
     with connect(snapshot, read_only=True) as connection:
         click.echo(f'\n$ txguard sql "{ALERTS_BY_DAY}"')

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.settings import SettingsError, load_settings
+from jobs.platform.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
     import duckdb
 
-    from jobs.settings import Settings
+    from jobs.platform.settings import Settings
 
 
 def _settings() -> Settings:
@@ -33,7 +33,7 @@ def _snapshot(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection to the snapshot (or another warehouse file); a clear error if it is missing."""
     import duckdb
 
-    from jobs.warehouse import connect
+    from jobs.platform.warehouse import connect
 
     if not path.exists():
         raise click.ClickException(
@@ -48,7 +48,7 @@ def _snapshot(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _answer(question: Callable[..., dict[str, Any]], args: tuple, fmt: str, output: Path | None) -> None:
-    from jobs.lineage import LineageNotFound, render
+    from jobs.governance.lineage import LineageNotFound, render
 
     with _snapshot(_settings().snapshot_path) as connection:
         try:
@@ -91,7 +91,7 @@ def lineage() -> None:
 @_format_options
 def lineage_transaction(transaction_id: int, fmt: str, output: Path | None) -> None:
     """Score, decision and reasons of TRANSACTION_ID, and the model, data, checks, runs and code behind it."""
-    from jobs.lineage import transaction_lineage
+    from jobs.governance.lineage import transaction_lineage
 
     _answer(transaction_lineage, (transaction_id,), fmt, output)
 
@@ -101,7 +101,7 @@ def lineage_transaction(transaction_id: int, fmt: str, output: Path | None) -> N
 @_format_options
 def lineage_partition(day: str, fmt: str, output: Path | None) -> None:
     """Every scoring of one business day, the model that scored it last and the checks that gated it."""
-    from jobs.lineage import partition_lineage
+    from jobs.governance.lineage import partition_lineage
 
     _answer(partition_lineage, (day,), fmt, output)
 
@@ -112,7 +112,7 @@ def lineage_partition(day: str, fmt: str, output: Path | None) -> None:
 @_format_options
 def lineage_model(version: str, model_name: str | None, fmt: str, output: Path | None) -> None:
     """What trained model VERSION, when it was champion, and what it scored."""
-    from jobs.lineage import model_lineage
+    from jobs.governance.lineage import model_lineage
 
     _answer(model_lineage, (version, model_name), fmt, output)
 
@@ -131,7 +131,7 @@ def audit() -> None:
 )
 def audit_verify(database: Path | None) -> None:
     """Recompute the hash chain of every audit record; exit 1 at the first broken link."""
-    from jobs.audit import verify_chain
+    from jobs.governance.audit import verify_chain
 
     with _snapshot(database or _settings().snapshot_path) as connection:
         report = verify_chain(connection)
@@ -158,8 +158,8 @@ def report() -> None:
 )
 def report_model(version: str, model_name: str | None, out_dir: Path | None) -> None:
     """Technical documentation of model VERSION in the shape of the EU AI Act's Annex IV (Markdown + HTML)."""
-    from jobs.lineage import LineageNotFound
-    from jobs.report import write_model_report
+    from jobs.governance.lineage import LineageNotFound
+    from jobs.governance.model_report import write_model_report
 
     settings = _settings()
     with _snapshot(settings.snapshot_path) as connection:

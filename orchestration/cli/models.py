@@ -10,7 +10,7 @@ import os
 
 import click
 
-from jobs.settings import SettingsError, load_settings
+from jobs.platform.settings import SettingsError, load_settings
 
 
 def _settings():
@@ -41,9 +41,9 @@ def _echo_record(record) -> None:
 @click.option("--reason", required=True, help="why (recorded with the decision)")
 def promote(version: int, reason: str) -> None:
     """Make a registered version the champion (bypasses the gate; recorded)."""
-    from jobs.audit_trail import record_decision
-    from jobs.registry import RegistryError
-    from jobs.registry import promote as promote_version
+    from jobs.registry.decision_records import record_decision
+    from jobs.registry.registry import RegistryError
+    from jobs.registry.registry import promote as promote_version
 
     settings = _settings()
     try:
@@ -58,9 +58,9 @@ def promote(version: int, reason: str) -> None:
 @click.option("--reason", required=True, help="why (recorded with the decision)")
 def rollback(reason: str) -> None:
     """Give @champion back to the version the current champion replaced."""
-    from jobs.audit_trail import record_decision
-    from jobs.registry import RegistryError
-    from jobs.registry import rollback as rollback_champion
+    from jobs.registry.decision_records import record_decision
+    from jobs.registry.registry import RegistryError
+    from jobs.registry.registry import rollback as rollback_champion
 
     settings = _settings()
     try:
@@ -79,8 +79,8 @@ def rollback(reason: str) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "cuda"]), default=None)
 def evaluate(protocol: str, lake: str | None, device: str | None) -> None:
     """Train and test on the handbook's protocol and print the result next to the published table."""
-    from jobs.evaluate import format_results, run_protocol
-    from jobs.training import DeviceUnavailable, TrainingDataError
+    from jobs.training.evaluate import format_results, run_protocol
+    from jobs.training.trainer import DeviceUnavailable, TrainingDataError
 
     settings = _settings()
     protocols = ["handbook", "production"] if protocol == "both" else [protocol]

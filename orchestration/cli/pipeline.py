@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from jobs.settings import REPO_ROOT, SettingsError, load_settings
+from jobs.platform.settings import REPO_ROOT, SettingsError, load_settings
 
 OFFLINE_ENVIRONMENT = {
     "DO_NOT_TRACK": "1",
@@ -81,7 +81,7 @@ def run_range_or_exit(start: str, end: str) -> None:
     import dagster as dg
 
     from orchestration.definitions import defs
-    from orchestration.defs.lineage import emit_run_lineage
+    from orchestration.defs.governance import emit_run_lineage
     from orchestration.runs import run_partition_range
 
     settings = prepared_settings()

@@ -6,7 +6,7 @@ import datetime as dt
 
 import click
 
-from jobs.settings import SettingsError, load_settings
+from jobs.platform.settings import SettingsError, load_settings
 
 _DATE = click.DateTime(formats=["%Y-%m-%d"])
 
@@ -51,7 +51,7 @@ _DATE = click.DateTime(formats=["%Y-%m-%d"])
 @click.option(
     "--bad-files",
     is_flag=True,
-    help="also write the catalogue of bad files (jobs/bad_files.py), one per fault, on the days after the "
+    help="also write the catalogue of bad files (jobs/simulation/bad_files.py), one per fault, on the days after the "
     "simulated range",
 )
 @click.option(
@@ -77,9 +77,9 @@ def simulate(
     file per day. Fraud reports arrive up to 7 days after the transaction; those that would arrive after the
     last day are not written.
     """
-    from jobs.bad_files import write_bad_file_catalogue
-    from jobs.simulate import SimulationConfig, write_landing
-    from jobs.simulate import simulate as run_simulation
+    from jobs.simulation.bad_files import write_bad_file_catalogue
+    from jobs.simulation.simulator import SimulationConfig, write_landing
+    from jobs.simulation.simulator import simulate as run_simulation
 
     if landing is None:
         try:

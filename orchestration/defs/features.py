@@ -1,7 +1,7 @@
-"""Features: the point-in-time feature table, built by the Spark job of jobs/features.py via Dagster Pipes.
+"""Features: the point-in-time feature table, built by the Spark job of jobs/features/spark_job.py via Dagster Pipes.
 
 The job runs in its own process (its own JVM), launched by ``PipesSubprocessClient``: ``python -m
-jobs.features`` against ``TXGUARD_SPARK_MASTER`` (``local[*]``, or a ``spark://`` master), or through
+jobs.features.spark_job`` against ``TXGUARD_SPARK_MASTER`` (``local[*]``, or a ``spark://`` master), or through
 ``spark-submit`` when the run config names one (YARN, Kubernetes). Either way the driver runs here (client
 mode), so Pipes' local message channel carries the job's row counts, null rates and feature-set version back.
 The contract check reads the written files with pandas and blocks training and scoring when a partition
@@ -14,9 +14,9 @@ import sys
 import dagster as dg
 from pydantic import Field
 
-from jobs.feature_definitions import FEATURE_SET_VERSION
-from jobs.layout import parse_day
-from jobs.settings import REPO_ROOT
+from jobs.features.definitions import FEATURE_SET_VERSION
+from jobs.platform.layout import parse_day
+from jobs.platform.settings import REPO_ROOT
 from orchestration.partitions import daily_partitions, on_upstream_update, single_run_backfill, with_its_asset
 from orchestration.resources import TxguardSettings
 
@@ -30,7 +30,7 @@ class FeatureJobConfig(dg.Config):
     spark_submit: str = Field(
         default="",
         description="path to spark-submit (e.g. $SPARK_HOME/bin/spark-submit) to launch the job with; "
-        "empty runs `python -m jobs.features` with the code location's Python",
+        "empty runs `python -m jobs.features.spark_job` with the code location's Python",
     )
 
 
@@ -41,12 +41,12 @@ def feature_job_command(
     arguments = ["--start", start.isoformat(), "--end", end.isoformat(), "--lake", lake, "--master", master]
     if spark_submit:
         return [spark_submit, "--master", master, str(REPO_ROOT / "jobs" / "features.py"), *arguments]
-    return [sys.executable, "-m", "jobs.features", *arguments]
+    return [sys.executable, "-m", "jobs.features.spark_job", *arguments]
 
 
 def contract_check(lake: str, days: list[dt.date]) -> dg.AssetCheckResult:
     """The pandera contract over the written partitions, each failure named by file, row, column and rule."""
-    from jobs.feature_contract import check_feature_partitions
+    from jobs.features.contract import check_feature_partitions
 
     report = check_feature_partitions(lake, days)
     return dg.AssetCheckResult(

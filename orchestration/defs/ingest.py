@@ -1,7 +1,7 @@
 """Ingest: landing files → raw lake partitions under the pandera contract, bad rows and files to quarantine.
 
-The assets are thin: parsing, the contract and the quarantine live in jobs/ingest.py; listing and naming
-in jobs/landing.py. The landing sensor turns each new or changed file into one run for its day; from there
+The assets are thin: parsing, the contract and the quarantine live in jobs/ingest/partition.py; listing and naming
+in jobs/ingest/landing.py. The landing sensor turns each new or changed file into one run for its day; from there
 the ``automation_sensor`` evaluates the declarative automation of everything downstream (dbt, checks,
 features, monitoring), so a landed day flows through the chain without anyone starting a job.
 """
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from jobs.landing import list_landing, misnamed_files, plan_landing
-from jobs.layout import parse_day
+from jobs.ingest.landing import list_landing, misnamed_files, plan_landing
+from jobs.platform.layout import parse_day
 from orchestration.partitions import (
     PARTITION_START,
     daily_partitions,
@@ -23,7 +23,7 @@ from orchestration.partitions import (
 from orchestration.resources import TxguardSettings
 
 if TYPE_CHECKING:
-    from jobs.ingest import DayResult
+    from jobs.ingest.partition import DayResult
 
 CHECK_NAME = "rejected_share_below_threshold"
 FIRST_DAY = dt.date.fromisoformat(PARTITION_START)
@@ -68,7 +68,9 @@ def rejected_share_check(results: "list[DayResult]", threshold: float) -> dg.Ass
 def _ingest(
     context: dg.AssetExecutionContext, settings: TxguardSettings, source: str
 ) -> dg.MaterializeResult:
-    from jobs.ingest import ingest_days  # pandera pulls in pyspark.pandas: keep it out of the location load
+    from jobs.ingest.partition import (
+        ingest_days,
+    )  # pandera pulls in pyspark.pandas: keep it out of the location load
 
     config = settings.load()
     days = [parse_day(key) for key in context.partition_keys]
@@ -119,7 +121,7 @@ def landing_file_rejects(
     context: dg.AssetExecutionContext, config: LandingRejectsConfig, settings: TxguardSettings
 ) -> dg.MaterializeResult:
     """Landing files whose name maps to no partition, copied with their reason under quarantine/misnamed."""
-    from jobs.ingest import quarantine_misnamed
+    from jobs.ingest.partition import quarantine_misnamed
 
     txguard = settings.load()
     records = quarantine_misnamed(

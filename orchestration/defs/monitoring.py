@@ -1,10 +1,10 @@
 """Monitoring: drift and matured performance of the scoring model, retraining on demand, and alerts.
 
-``feature_drift`` and ``model_performance`` are thin over ``jobs.monitoring`` (thresholds, floors and why
+``feature_drift`` and ``model_performance`` are thin over ``jobs.monitoring.monitors`` (thresholds, floors and why
 are documented there); each carries one check. ``retraining_sensor`` requests the retraining job when the
 latest drift check fails at error level or the performance check fails, at most once per cooldown.
 ``alert_on_run_failure`` and ``alert_on_failed_checks`` turn failed runs and failing checks into alerts
-(``jobs.alerts``: a warehouse record, and a webhook POST when one is configured).
+(``jobs.monitoring.alerts``: a warehouse record, and a webhook POST when one is configured).
 
 The webhook URL is a secret. ``AlertWebhook`` is registered with no value, so the code location loads when
 ``TXGUARD_ALERT_WEBHOOK_URL`` is unset (a resource field bound to ``dg.EnvVar`` fails at start-up when the
@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from jobs.alerts import WEBHOOK_ENV, WEBHOOK_TIMEOUT_S, Alert
-from jobs.layout import parse_day
-from jobs.monitoring import (
+from jobs.monitoring.alerts import WEBHOOK_ENV, WEBHOOK_TIMEOUT_S, Alert
+from jobs.monitoring.monitors import (
     AP_FLOOR,
     AUC_FLOOR,
     LABEL_DELAY_DAYS,
@@ -37,6 +36,7 @@ from jobs.monitoring import (
     RetrainingTrigger,
     decide_retraining,
 )
+from jobs.platform.layout import parse_day
 from orchestration.defs.training import weekly_retraining_job
 from orchestration.partitions import (
     daily_partitions,
@@ -49,7 +49,7 @@ from orchestration.resources import TxguardSettings
 from orchestration.runs import partition_range_of
 
 if TYPE_CHECKING:
-    from jobs.monitoring import DriftReport, PerformanceReport
+    from jobs.monitoring.monitors import DriftReport, PerformanceReport
 
 DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("feature_drift"), "drift_psi")
 PERFORMANCE_CHECK = dg.AssetCheckKey(dg.AssetKey("model_performance"), "performance_floor")
@@ -122,7 +122,7 @@ def drift_check(report: "DriftReport") -> dg.AssetCheckResult:
 )
 def feature_drift(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """PSI per feature and for the score, each day against the training reference of its scoring model."""
-    from jobs.monitoring import drift_chart, measure_drift
+    from jobs.monitoring.monitors import drift_chart, measure_drift
 
     reports = measure_drift(settings.load(), [parse_day(key) for key in context.partition_keys])
     last = reports[-1]
@@ -185,7 +185,7 @@ _LABELS = dg.TimeWindowPartitionMapping(
 )
 def model_performance(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """AUC, AP and CP@100 of what was scored, on the days whose labels have matured by the partition day."""
-    from jobs.monitoring import measure_performance, trend_chart
+    from jobs.monitoring.monitors import measure_performance, trend_chart
 
     report = measure_performance(settings.load(), parse_day(context.partition_keys[-1]))
     context.log.info(report.summary())
@@ -303,7 +303,7 @@ def deliver(
     alerting: AlertWebhook,
     alerts: Sequence[Alert],
 ) -> None:
-    from jobs.alerts import raise_alert
+    from jobs.monitoring.alerts import raise_alert
 
     warehouse = settings.load().warehouse_path
     for alert in alerts:

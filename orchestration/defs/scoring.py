@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from jobs.layout import parse_day
+from jobs.platform.layout import parse_day
 from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, scoring_cron, single_run_backfill
 from orchestration.resources import TxguardSettings
 from orchestration.runs import partition_range_of, partition_range_tags
 
 if TYPE_CHECKING:
-    from jobs.registry import ModelRef
-    from jobs.scoring import ScoredDay
+    from jobs.registry.registry import ModelRef
+    from jobs.scoring.batch import ScoredDay
 
 SCORING_JOB = "scoring_job"
 PINNED_VERSION_TAG = "txguard/model_version"
@@ -28,7 +28,7 @@ PROMOTION_KEY = dg.AssetKey("model_promotion")
 
 def pinned_champion(context: dg.AssetExecutionContext, tracking_uri: str) -> "ModelRef":
     """The version this run scores with: the one pinned on the run, else @champion now (then pinned)."""
-    from jobs.registry import CHAMPION, model_ref, resolve_alias
+    from jobs.registry.registry import CHAMPION, model_ref, resolve_alias
 
     pinned = context.run.tags.get(PINNED_VERSION_TAG)
     if pinned:
@@ -91,9 +91,9 @@ def scoring_metadata(
 def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     import time
 
-    from jobs.registry import load_verified_booster
-    from jobs.scoring import score_days
-    from jobs.warehouse import publish_snapshot
+    from jobs.platform.warehouse import publish_snapshot
+    from jobs.registry.registry import load_verified_booster
+    from jobs.scoring.batch import score_days
 
     loaded = settings.load()
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Training: ``fraud_model`` trains and registers a challenger, ``model_promotion`` gates it; weekly.
 
-Both assets are thin over ``jobs.registry``; LightGBM and MLflow are imported inside the bodies so that the
+Both assets are thin over ``jobs.registry.registry``; LightGBM and MLflow are imported inside the bodies so that the
 code location loads fast. ``transaction_features`` carries a blocking contract check, so a run whose
 features fail it never reaches training.
 """
@@ -25,8 +25,8 @@ def _metrics(prefix: str, metrics) -> dict[str, float]:
 )
 def fraud_model(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """LightGBM on the matured window ending at the newest feature partition, registered as @challenger."""
-    from jobs.audit_trail import record_training
-    from jobs.registry import train_and_register
+    from jobs.registry.decision_records import record_training
+    from jobs.registry.registry import train_and_register
 
     config = settings.load()
     run = train_and_register(config)
@@ -52,8 +52,8 @@ def fraud_model(context: dg.AssetExecutionContext, settings: TxguardSettings) ->
 @dg.asset(group_name="training", deps=[fraud_model], kinds={"mlflow"}, pool=WAREHOUSE_POOL)
 def model_promotion(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """Challenger vs champion on the newest matured holdout; @champion moves only if the challenger wins."""
-    from jobs.audit_trail import record_decision
-    from jobs.registry import run_promotion_gate
+    from jobs.registry.decision_records import record_decision
+    from jobs.registry.registry import run_promotion_gate
 
     config = settings.load()
     outcome = run_promotion_gate(config, actor="pipeline:model_promotion")

@@ -1,0 +1,1 @@
+"""Registry: MLflow runs, registered versions, aliases, the promotion gate and the model card."""

@@ -1,0 +1,82 @@
+"""Mirror the registry's decisions into the warehouse's audit records, so lineage never depends on MLflow.
+
+Training, registration and every champion move (by the gate or by a person) become append-only records
+(``jobs/governance/audit.py``), then the analysts' snapshot is republished so that ``txguard lineage`` sees them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from jobs.governance import audit
+from jobs.platform.settings import Settings
+from jobs.platform.warehouse import connect, publish_snapshot
+
+if TYPE_CHECKING:
+    from jobs.registry.registry import RegistryRecord, TrainingRun
+
+
+def _day(value: str) -> dt.date | None:
+    return dt.date.fromisoformat(value[:10]) if value else None
+
+
+def record_training(
+    settings: Settings, run: TrainingRun, dagster_run_id: str | None
+) -> list[audit.AuditRecord]:
+    """One training-run record and one model-version record, in that order."""
+    ref = run.ref
+    window = run.window
+    entries: list[audit.AuditEntry] = [
+        audit.TrainingRun(
+            model_name=ref.name,
+            mlflow_run_id=ref.run_id,
+            train_start=_day(window["train_start"]),
+            train_end=_day(window["validation_end"]),
+            data_digest=run.data_digest,
+            row_count=run.training_rows,
+            feature_set_version=ref.feature_set_version,
+            metrics={"holdout": run.holdout.as_dict(), "validation": run.validation.as_dict()},
+            params={k: v for k, v in run.params.items() if isinstance(v, str | int | float | bool)},
+            device=f"{run.device} ({run.device_reason})",
+            dagster_run_id=dagster_run_id,
+            label_cutoff=_day(window.get("label_cutoff", "")),
+            evaluation={"window": window, "threshold": ref.threshold},
+        ),
+        audit.ModelVersion(
+            model_name=ref.name,
+            model_version=str(ref.version),
+            mlflow_run_id=ref.run_id,
+            artifact_uri=ref.model_uri,
+            artifact_sha256=ref.artifact_sha256,
+            feature_set_version=ref.feature_set_version,
+            dagster_run_id=dagster_run_id,
+        ),
+    ]
+    with connect(settings.warehouse_path) as connection:
+        records = [audit.record(connection, entry) for entry in entries]
+    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    return records
+
+
+def record_decision(
+    settings: Settings, decision: RegistryRecord, dagster_run_id: str | None
+) -> audit.AuditRecord:
+    """A promotion, rejection or rollback with who decided, why, and the numbers it was decided on."""
+    metrics: dict[str, object] = {"model": decision.metrics}
+    if decision.decision:
+        metrics["decision"] = decision.decision
+    entry = audit.Promotion(
+        model_name=decision.name,
+        action=decision.action,
+        model_version=str(decision.champion_after if decision.action == "rollback" else decision.version),
+        previous_version=None if decision.previous_champion is None else str(decision.previous_champion),
+        actor=decision.actor,
+        reason=decision.reason,
+        metrics=metrics,
+        dagster_run_id=dagster_run_id,
+    )
+    with connect(settings.warehouse_path) as connection:
+        written = audit.record(connection, entry)
+    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    return written

@@ -1,0 +1,1 @@
+"""Simulation: the handbook transaction simulator and the catalogue of bad landing files."""

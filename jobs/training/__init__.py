@@ -1,0 +1,1 @@
+"""Training: LightGBM on the matured window, the holdout metrics, and the handbook evaluation."""

@@ -1,0 +1,1 @@
+"""Transform and quality: the dbt partition window and the Great Expectations suites that gate it."""

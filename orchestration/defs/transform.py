@@ -1,0 +1,252 @@
+"""The warehouse: dbt models as daily-partitioned assets, with a quality gate between staging and marts.
+
+``dbt_staging`` builds the staging models (and runs their dbt tests), the Great Expectations suites then
+check the staged window, and only then ``dbt_marts`` builds everything above staging. An error-severity dbt
+test and a failing suite are blocking checks: their step fails, so nothing downstream runs in that run.
+The marts tagged ``scoring`` read the scores, so ``dbt_scoring_marts`` builds them after
+``transaction_scores`` (itself downstream of the features, so of staging): one step apart, no cycle.
+Every step that touches the DuckDB file runs in the warehouse pool (one at a time) and the analysts'
+snapshot is published after each successful write.
+
+The dbt manifest is made at prepare time (``dagster-dbt project prepare-and-package --file`` on this
+module); a load only parses when the manifest is missing or older than the project, under ``dagster dev``
+too.
+"""
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
+
+from jobs.platform.settings import REPO_ROOT, Settings
+from jobs.platform.warehouse import publish_snapshot
+from jobs.transform.dbt_windows import PartitionWindow, dbt_build_args, dbt_environment, window_from_keys
+from orchestration.partitions import (
+    WAREHOUSE_POOL,
+    daily_partitions,
+    on_upstream_update,
+    single_run_backfill,
+)
+from orchestration.resources import TxguardSettings
+
+if TYPE_CHECKING:
+    from jobs.transform.expectations import SuiteSummary
+
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+_VENV_DBT = Path(sys.executable).with_name("dbt")
+DBT_EXECUTABLE = str(_VENV_DBT) if _VENV_DBT.exists() else "dbt"
+STAGING_SELECTION = "path:models/staging"
+SCORING_SELECTION = "tag:scoring"
+SOURCE_ASSET_KEYS = {
+    ("landing", "transactions"): dg.AssetKey("raw_transactions"),
+    ("landing", "fraud_reports"): dg.AssetKey("raw_fraud_reports"),
+}
+SUITE_ASSETS = {
+    "transactions": dg.AssetKey("stg_landing__transactions"),
+    "fraud_reports": dg.AssetKey("stg_landing__fraud_reports"),
+}
+GX_CHECK_NAME = "gx_suite"
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for a block (dbt reads its settings from them); restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _manifest_is_stale(project: DbtProject) -> bool:
+    """Missing, or older than a file dbt parses: a few stat calls, no dbt import."""
+    if not project.manifest_path.exists():
+        return True
+    built = project.manifest_path.stat().st_mtime
+    sources = [project.project_dir / "dbt_project.yml", project.project_dir / "profiles.yml"]
+    for folder in ("models", "macros", "tests"):
+        sources.extend(path for path in (project.project_dir / folder).rglob("*") if path.is_file())
+    return any(path.stat().st_mtime > built for path in sources)
+
+
+def prepared_project() -> DbtProject:
+    """The dbt project with a current manifest, parsed here only when it is missing or stale.
+
+    Not ``prepare_if_dev``: under ``dagster dev`` every process that loads the location (the code server,
+    then each run) would parse the project again, several seconds per run for an unchanged manifest.
+    """
+    project = DbtProject(project_dir=DBT_PROJECT_DIR)
+    dbt_on_path = f"{Path(DBT_EXECUTABLE).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with _environment({"PATH": dbt_on_path}):
+        if _manifest_is_stale(project):
+            project.preparer.prepare(project)
+    return project
+
+
+dbt_project = prepared_project()
+
+
+class TxguardDbtTranslator(DagsterDbtTranslator):
+    """The landing sources are the ingest assets (other sources keep dagster-dbt's key, which honours
+    ``meta.dagster.asset_key``); a model's key is its name, not schema/name; models are in ``transform``
+    and follow their upstream by declarative automation."""
+
+    def get_automation_condition(
+        self, dbt_resource_props: Mapping[str, Any]
+    ) -> dg.AutomationCondition | None:
+        if dbt_resource_props["resource_type"] != "model":
+            return None
+        return on_upstream_update()
+
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None):
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        if props["resource_type"] == "source":
+            return spec.replace_attributes(
+                key=SOURCE_ASSET_KEYS.get((props["source_name"], props["name"]), spec.key)
+            )
+        return spec.replace_attributes(key=dg.AssetKey(props["name"]), group_name="transform")
+
+
+translator = TxguardDbtTranslator(DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+def run_window(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> PartitionWindow:
+    """The run's partition range as a window; a key that is not a plain date is refused here."""
+    keys = context.partition_key_range
+    return window_from_keys(keys.start, keys.end)
+
+
+def build_window(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: Settings) -> Iterator[Any]:
+    """``dbt build`` of the selected models for the run's window, then publish the analysts' snapshot."""
+    window = run_window(context)
+    target = settings.home / "dbt" / f"{context.op_execution_context.op.name}-{context.run.run_id}"
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    try:
+        with _environment(dbt_environment(settings.warehouse_path, settings.s3_endpoint_url)):
+            invocation = dbt.cli(dbt_build_args(window, settings.lake), context=context, target_path=target)
+            yield from invocation.stream().fetch_row_counts().fetch_column_metadata(with_column_lineage=False)
+    finally:
+        os.chdir(cwd)  # dagster-dbt's metadata threads chdir into the project concurrently and may stay there
+    shutil.rmtree(target, ignore_errors=True)  # a failed build keeps its dbt.log and compiled SQL
+    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    context.log.info(f"dbt built {window}; snapshot published at {settings.snapshot_path}")
+
+
+def window_dbt_assets(
+    name: str, description: str, *, select: str = "fqn:*", exclude: str | None = None
+) -> dg.AssetsDefinition:
+    """A daily-partitioned slice of the dbt project, built one run window at a time in the warehouse pool."""
+
+    def build(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: TxguardSettings):
+        yield from build_window(context, dbt, settings.load())
+
+    build.__doc__ = description
+    return dbt_assets(
+        manifest=dbt_project.manifest_path,
+        project=dbt_project,
+        select=select,
+        exclude=exclude,
+        name=name,
+        dagster_dbt_translator=translator,
+        partitions_def=daily_partitions,
+        backfill_policy=single_run_backfill,
+        pool=WAREHOUSE_POOL,
+    )(build)
+
+
+dbt_staging = window_dbt_assets(
+    "dbt_staging",
+    "The staging models: the run's lake partitions replace their window, one transaction per model.",
+    select=STAGING_SELECTION,
+)
+dbt_marts = window_dbt_assets(
+    "dbt_marts",
+    "Everything above staging; it starts only once staging's blocking checks (dbt and GX) passed.",
+    exclude=f"{STAGING_SELECTION} {SCORING_SELECTION}",
+)
+dbt_scoring_marts = window_dbt_assets(
+    "dbt_scoring_marts",
+    "The marts on the scores: apart from ``dbt_marts`` because they wait for ``transaction_scores``, "
+    "which itself waits for the features built from staging.",
+    select=SCORING_SELECTION,
+)
+
+
+def check_metadata(summary: "SuiteSummary") -> dict[str, dg.MetadataValue]:
+    """What failed, what was observed, sample rows and the Data Docs page: enough to act on in the UI."""
+    metadata: dict[str, dg.MetadataValue] = {
+        "expectations_passed": dg.MetadataValue.int(len(summary.passed)),
+        "expectations_failed": dg.MetadataValue.int(len(summary.failed)),
+        "failed_expectations": dg.MetadataValue.text(", ".join(summary.failed) or "none"),
+        "observed_values": dg.MetadataValue.json(summary.observed_values),
+        "parameters": dg.MetadataValue.json({**summary.parameters, **summary.facts}),
+        "row_count": dg.MetadataValue.int(summary.row_count),
+        "unexpected_rows_sample": dg.MetadataValue.json(list(summary.unexpected_rows)),
+    }
+    if summary.data_docs:
+        metadata["data_docs"] = dg.MetadataValue.url(summary.data_docs)
+    return metadata
+
+
+@dg.multi_asset_check(
+    name="gx_staged_suites",
+    specs=[
+        dg.AssetCheckSpec(
+            GX_CHECK_NAME,
+            asset=key,
+            blocking=True,
+            description=f"Great Expectations suite expectations/{suite}.json on the run's staged window",
+        )
+        for suite, key in SUITE_ASSETS.items()
+    ],
+    can_subset=True,
+    pool=WAREHOUSE_POOL,
+)
+def gx_staged_suites(
+    context: dg.AssetCheckExecutionContext, settings: TxguardSettings
+) -> Iterator[dg.AssetCheckResult]:
+    """The suites in one step: one GX import and one read of the warehouse per run. A run that stages one
+    source only (automation, or one asset picked in the UI) validates and reports that source only."""
+    from jobs.transform.expectations import validate_staged
+
+    loaded = settings.load()
+    selected = context.selected_asset_check_keys
+    suites = [s for s, key in SUITE_ASSETS.items() if dg.AssetCheckKey(key, GX_CHECK_NAME) in selected]
+    summaries = validate_staged(
+        loaded.warehouse_path, run_window(context), loaded.home / "gx", context.run.run_id, suites
+    )
+    for suite in suites:
+        key = SUITE_ASSETS[suite]
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name=GX_CHECK_NAME,
+            passed=summaries[suite].success,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=check_metadata(summaries[suite]),
+        )
+
+
+defs = dg.Definitions(
+    assets=[dbt_staging, dbt_marts, dbt_scoring_marts],
+    asset_checks=[gx_staged_suites],
+    resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)},
+)

@@ -1,0 +1,260 @@
+"""The landing sensor over a real folder and over a real S3 API (moto server on 127.0.0.1): one run per new or
+changed file, never one for a file already processed, bad names to the rejects asset, hundreds per tick."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import pytest
+from moto.server import ThreadedMotoServer
+
+from jobs.ingest.landing import BadLandingName, LandingFile, parse_landing_name, plan_landing
+from jobs.platform.layout import partition_uri, quarantine_uri
+from jobs.platform.storage import read_parquet
+from orchestration.defs import ingest
+from orchestration.resources import TxguardSettings
+
+HEADER = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount\n"
+DEFS = dg.Definitions.merge(ingest.defs, dg.Definitions(resources={"settings": TxguardSettings()}))
+
+
+def tick(cursor: str | None = None, instance: dg.DagsterInstance | None = None):
+    """One sensor evaluation, its run requests resolved against the definitions (as the daemon does)."""
+    context = dg.build_sensor_context(
+        cursor=cursor,
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        definitions=DEFS,
+        resources={"settings": TxguardSettings()},
+    )
+    return ingest.landing_sensor.evaluate_tick(context)
+
+
+def by_partition(data) -> dict[tuple[str, str | None], dg.RunRequest]:
+    return {
+        (request.asset_selection[0].path[0], request.partition_key): request for request in data.run_requests
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "day"),
+    [("2018-04-01.csv", dt.date(2018, 4, 1)), ("2018-12-31.parquet", dt.date(2018, 12, 31))],
+)
+def test_well_formed_names_map_to_their_day(name: str, day: dt.date) -> None:
+    assert parse_landing_name(name, dt.date(2018, 4, 1)) == day
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("latest.csv", "is not YYYY-MM-DD.csv"),
+        ("2018-02-30.csv", "not a calendar date"),
+        ("2018-04-01.CSV", "is not YYYY-MM-DD.csv"),
+        ("2018-04-01.csv.tmp", "is not YYYY-MM-DD.csv"),
+        ("2018-04-01.json", "is not YYYY-MM-DD.csv"),
+        ("../2018-04-01.csv", "traversal"),
+        ("..2018-04-01.csv", "traversal"),
+        ("sub/2018-04-01.csv", "nested path"),
+        ("2018-04-01.csv/../../etc/passwd", "traversal"),
+        ("2018-04-01 .csv", "is not YYYY-MM-DD.csv"),
+        ("2018-04-01\n.csv", "non-printable"),
+        ("2018-04-0١.csv", "non-ASCII"),
+        ("2018-03-31.csv", "before the first partition"),
+    ],
+)
+def test_anything_else_is_a_bad_name_with_a_reason(name: str, reason: str) -> None:
+    with pytest.raises(BadLandingName, match=reason):
+        parse_landing_name(name, dt.date(2018, 4, 1))
+
+
+def put(root: Path, source: str, name: str, content: str = HEADER) -> Path:
+    path = root / source / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    return path
+
+
+def test_one_run_per_new_file_and_none_for_processed_ones(txguard_home: Path) -> None:
+    landing = txguard_home / "landing"
+    first = put(landing, "transactions", "2018-04-01.csv")
+    put(landing, "transactions", "2018-04-02.parquet")
+    put(landing, "fraud_reports", "2018-04-02.csv")
+    bad = put(landing, "transactions", "latest.csv")
+    data = tick()
+    requests = by_partition(data)
+    assert set(requests) == {
+        ("raw_transactions", "2018-04-01"),
+        ("raw_transactions", "2018-04-02"),
+        ("raw_fraud_reports", "2018-04-02"),
+        ("landing_file_rejects", None),
+    }
+    stat = first.stat()
+    assert requests["raw_transactions", "2018-04-01"].run_key == f"{first}:{stat.st_size}:{stat.st_mtime:.6f}"
+    reject = requests["landing_file_rejects", None]
+    assert reject.run_key == f"{bad}:{bad.stat().st_size}"
+    assert reject.run_config["ops"]["landing_file_rejects"]["config"]["uris"] == [str(bad)]
+    assert sorted(json.loads(data.cursor)) == [
+        "fraud_reports/2018-04-02.csv",
+        "transactions/2018-04-01.csv",
+        "transactions/2018-04-02.parquet",
+        "transactions/latest.csv",
+    ]
+
+    again = tick(data.cursor)
+    assert again.run_requests == [] and again.cursor == data.cursor
+
+    first.write_text(HEADER + "1,2018-04-01T00:00:00Z,1,1,1.00\n")
+    changed = tick(again.cursor)
+    assert [(r.partition_key, r.run_key) for r in changed.run_requests] == [
+        ("2018-04-01", f"{first}:{first.stat().st_size}:{first.stat().st_mtime:.6f}")
+    ]
+    assert tick(changed.cursor).run_requests == []
+
+
+def test_a_removed_file_leaves_the_cursor(txguard_home: Path) -> None:
+    landing = txguard_home / "landing"
+    gone = put(landing, "transactions", "2018-04-01.csv")
+    put(landing, "transactions", "2018-04-02.csv")
+    cursor = tick().cursor
+    gone.unlink()
+    assert list(json.loads(tick(cursor).cursor)) == ["transactions/2018-04-02.csv"]
+
+
+def test_files_dated_after_the_last_partition_wait_for_it() -> None:
+    today = dt.date(2018, 4, 10)
+    files = [
+        LandingFile("transactions", "2018-04-10.csv", "l/transactions/2018-04-10.csv", 5, "1"),
+        LandingFile("transactions", "2018-04-12.csv", "l/transactions/2018-04-12.csv", 5, "1"),
+    ]
+    plan = plan_landing(files, None, dt.date(2018, 4, 1), today)
+    assert [day for _, day in plan.ingest] == [today]
+    assert [file.name for file in plan.waiting] == ["2018-04-12.csv"]
+    assert list(json.loads(plan.cursor)) == ["transactions/2018-04-10.csv"]
+    later = plan_landing(files, plan.cursor, dt.date(2018, 4, 1), dt.date(2018, 4, 12))
+    assert [day for _, day in later.ingest] == [dt.date(2018, 4, 12)]
+
+
+def test_hundreds_of_files_in_one_tick(txguard_home: Path) -> None:
+    landing = txguard_home / "landing"
+    start = dt.date(2018, 4, 1)
+    for offset in range(150):
+        day = (start + dt.timedelta(days=offset)).isoformat()
+        put(landing, "transactions", f"{day}.csv")
+        put(landing, "fraud_reports", f"{day}.parquet")
+    for n in range(10):
+        put(landing, "fraud_reports", f"report {n}.csv")
+    began = time.perf_counter()
+    data = tick()
+    elapsed = time.perf_counter() - began
+    requests = data.run_requests
+    assert len(requests) == 310 and len({r.run_key for r in requests}) == 310
+    assert sum(r.asset_selection == [dg.AssetKey("landing_file_rejects")] for r in requests) == 10
+    assert elapsed < 10, f"a tick over 310 files took {elapsed:.1f}s"
+    assert len(data.cursor) < 310 * 50
+    assert tick(data.cursor).run_requests == []
+
+
+@pytest.fixture
+def s3(txguard_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.client]:
+    """A moto S3 server on 127.0.0.1 (a free port) with a landing bucket and a lake bucket."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TXGUARD_S3_ENDPOINT_URL": endpoint,
+        "TXGUARD_LANDING_ROOT": "s3://landing/zone",
+        "TXGUARD_LAKE_ROOT": "s3://lake/txguard",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="landing")
+    client.create_bucket(Bucket="lake")
+    yield client
+    server.stop()
+
+
+def test_the_sensor_over_s3_uses_etags_and_sees_changes(s3) -> None:
+    s3.put_object(Bucket="landing", Key="zone/transactions/2018-04-01.csv", Body=HEADER.encode())
+    s3.put_object(
+        Bucket="landing", Key="zone/fraud_reports/2018-04-01.csv", Body=b"transaction_id,reported_at\n"
+    )
+    s3.put_object(Bucket="landing", Key="zone/transactions/../escape.csv", Body=b"x")
+    data = tick()
+    requests = by_partition(data)
+    etag = s3.head_object(Bucket="landing", Key="zone/transactions/2018-04-01.csv")["ETag"].strip('"')
+    uri = "s3://landing/zone/transactions/2018-04-01.csv"
+    assert requests["raw_transactions", "2018-04-01"].run_key == f"{uri}:{len(HEADER)}:{etag}"
+    assert ("raw_fraud_reports", "2018-04-01") in requests
+    assert requests["landing_file_rejects", None].run_key == "s3://landing/zone/transactions/../escape.csv:1"
+    assert tick(data.cursor).run_requests == []
+
+    body = HEADER + "1,2018-04-01T00:00:00Z,1,1,1.00\n"
+    s3.put_object(Bucket="landing", Key="zone/transactions/2018-04-01.csv", Body=body.encode())
+    changed = tick(data.cursor)
+    assert [(r.partition_key, r.run_key.split(":")[-2]) for r in changed.run_requests] == [
+        ("2018-04-01", str(len(body)))
+    ]
+    assert tick(changed.cursor).run_requests == []
+
+
+def test_hundreds_of_s3_objects_in_one_tick(s3) -> None:
+    days = [(dt.date(2018, 4, 1) + dt.timedelta(days=offset)).isoformat() for offset in range(300)]
+    with ThreadPoolExecutor(8) as pool:
+        for day in days:
+            pool.submit(
+                s3.put_object, Bucket="landing", Key=f"zone/transactions/{day}.csv", Body=HEADER.encode()
+            )
+    began = time.perf_counter()
+    data = tick()
+    elapsed = time.perf_counter() - began
+    assert len(data.run_requests) == 300 and elapsed < 20, f"{elapsed:.1f}s"
+    assert tick(data.cursor).run_requests == []
+
+
+def test_a_day_ingested_from_s3_into_an_s3_lake(s3) -> None:
+    day = "2018-04-02"
+    rows = "".join(f"{i},{day}T0{i}:00:00Z,1,2,{i}.50\n" for i in range(1, 6))
+    s3.put_object(
+        Bucket="landing", Key=f"zone/transactions/{day}.csv", Body=(HEADER + rows + "6,x,1,2,3\n").encode()
+    )
+    result = dg.materialize(
+        [ingest.raw_transactions],
+        partition_key=day,
+        resources={"settings": TxguardSettings()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    lake = read_parquet(partition_uri("s3://lake/txguard", "raw/transactions", day)).to_pandas()
+    assert lake["transaction_id"].tolist() == [1, 2, 3, 4, 5]
+    assert set(lake["source_file"]) == {f"s3://landing/zone/transactions/{day}.csv"}
+    quarantined = read_parquet(quarantine_uri("s3://lake/txguard", "transactions", day)).to_pandas()
+    assert quarantined[["row_number", "rule"]].values.tolist() == [[6, "wrong_type"]]
+    assert not result.success  # 1 of 6 rows is over the 5 % threshold: the blocking check says so
+    next_day = "2018-04-03"
+    body = HEADER + f"1,{next_day}T01:00:00Z,1,2,3.00\n" + f"7,{next_day}T01:00:00Z,1,2,3.00\n"
+    s3.put_object(Bucket="landing", Key=f"zone/transactions/{next_day}.csv", Body=body.encode())
+    dg.materialize(
+        [ingest.raw_transactions],
+        partition_key=next_day,
+        resources={"settings": TxguardSettings()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    quarantined = read_parquet(quarantine_uri("s3://lake/txguard", "transactions", next_day)).to_pandas()
+    assert quarantined["reason"].tolist() == [f"transaction_id 1 already accepted in partition {day}"]
