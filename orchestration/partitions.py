@@ -3,13 +3,14 @@ how often the automation around it looks for work.
 
 ``TXGUARD_SENSOR_INTERVAL_SECONDS`` and ``TXGUARD_SCORING_CRON`` are read when the code location loads, so a
 test or a demo can make sensors and the scoring schedule tick quickly; unset, each keeps its own default.
+Reading them loads every setting, so an invalid ``TXGUARD_*`` value stops the code location from loading with
+one line that names it.
 """
-
-import os
 
 import dagster as dg
 
-PARTITION_START = "2018-04-01"
+from jobs.platform.days import PARTITION_START
+from jobs.platform.settings import load_settings
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITION_START, timezone="UTC", end_offset=1)
 
@@ -18,27 +19,15 @@ single_run_backfill = dg.BackfillPolicy.single_run()
 WAREHOUSE_POOL = "warehouse"
 """Every asset that writes the DuckDB warehouse runs in this pool (limit 1 in dagster.yaml)."""
 
-SENSOR_INTERVAL_ENV = "TXGUARD_SENSOR_INTERVAL_SECONDS"
-SCORING_CRON_ENV = "TXGUARD_SCORING_CRON"
-DEFAULT_SCORING_CRON = "0 6 * * *"
-
 
 def sensor_interval(default: int) -> int:
     """Seconds between two evaluations of a sensor: ``TXGUARD_SENSOR_INTERVAL_SECONDS``, else ``default``."""
-    raw = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{SENSOR_INTERVAL_ENV}={raw!r}: expected a whole number of seconds ≥ 1")
-    return int(raw)
+    return load_settings().sensor_interval_seconds or default
 
 
 def scoring_cron() -> str:
-    """When the scoring schedule ticks: ``TXGUARD_SCORING_CRON`` if set, else 06:00 UTC daily."""
-    value = " ".join(os.environ.get(SCORING_CRON_ENV, "").split()) or DEFAULT_SCORING_CRON
-    if len(value.split()) != 5:
-        raise ValueError(f"{SCORING_CRON_ENV}={value!r}: expected a five-field cron expression")
-    return value
+    """When the scoring schedule ticks: ``TXGUARD_SCORING_CRON``, else 06:00 UTC daily."""
+    return load_settings().scoring_cron
 
 
 def on_upstream_update() -> dg.AutomationCondition:

@@ -1,1 +1,1 @@
-"""Shared plumbing: settings, storage (local or s3://), the lake layout, the DuckDB warehouse, Spark and Java."""
+"""Shared plumbing: settings, storage (local or s3://), the lake layout, the warehouse, Spark and Java."""

@@ -14,6 +14,9 @@ RAW_TRANSACTIONS = "raw/transactions"
 RAW_FRAUD_REPORTS = "raw/fraud_reports"
 QUARANTINE = "quarantine"
 TRANSACTION_FEATURES = "features/transaction_features"
+CUSTOMER_TILES = "feature_tiles/customers"
+TERMINAL_TILES = "feature_tiles/terminals"
+REPORT_TILES = "feature_tiles/reports"
 
 LANDING_SOURCES = ("transactions", "fraud_reports")
 

@@ -9,16 +9,22 @@ from typing import TYPE_CHECKING
 import fsspec
 from fsspec.core import url_to_fs
 
+from jobs.platform.settings import load_settings
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the bare path for ``uri``; S3 listing caches are off so new files are seen."""
+    """The filesystem and the bare path for ``uri``; S3 listing caches are off so new files are seen.
+
+    The S3 endpoint is a setting of the process (``Settings.s3_endpoint_url``); without one, botocore honours
+    ``AWS_ENDPOINT_URL`` itself.
+    """
     options: dict[str, object] = {}
     if uri.startswith("s3://"):
         options["use_listings_cache"] = False
-        endpoint = os.environ.get("TXGUARD_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = load_settings().s3_endpoint_url
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
     return url_to_fs(uri, **options)

@@ -22,7 +22,7 @@ from jobs.platform.settings import REPO_ROOT, load_settings
 from jobs.platform.warehouse import connect, publish_snapshot
 from jobs.scoring.store import write_scores
 from orchestration.cli.analyst import sql
-from tests.scoring.test_store import scores_for
+from tests.support import scores_for
 
 DAY, OTHER = dt.date(2018, 8, 1), dt.date(2018, 8, 2)
 OLD = {DAY: 400, OTHER: 200}
