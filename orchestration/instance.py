@@ -25,16 +25,20 @@ def prepare_dagster_home(settings: Settings) -> Path:
 
 
 def _allocate_warehouse_pool() -> None:
-    """Give the warehouse pool its default slots before any run needs them.
+    """Give the warehouse and landing pools their default slots before any run needs them.
 
     Dagster allocates a pool's slots lazily, at the first step that claims one. On SQLite two runs that get
-    there at the same moment can each allocate a slot, and then two writers open the DuckDB file together.
+    there at the same moment can each allocate a slot, and then two writers open the DuckDB file together
+    (or fraud reports are checked while the same run's transactions are still being written).
     """
     import dagster as dg
 
+    from orchestration.defs.ingest import LANDING_POOL
     from orchestration.partitions import WAREHOUSE_POOL
 
     with dg.DagsterInstance.get() as instance:
         storage = instance.event_log_storage
-        if not any(pool.name == WAREHOUSE_POOL for pool in storage.get_pool_limits()):
-            storage.initialize_concurrency_limit_to_default(WAREHOUSE_POOL)
+        allocated = {pool.name for pool in storage.get_pool_limits()}
+        for name in (WAREHOUSE_POOL, LANDING_POOL):
+            if name not in allocated:
+                storage.initialize_concurrency_limit_to_default(name)

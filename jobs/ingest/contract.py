@@ -1,13 +1,16 @@
-"""The landing-zone contract (DESIGN.md §2) as pandera models, and the lake's raw and quarantine schemas.
+"""The landing contract as pandera models, its quarantine rules, and the lake's raw and quarantine schemas.
 
-Values reach the models already parsed (jobs/ingest/partition.py turns text into typed columns and quarantines what
-does not parse as ``wrong_type``); the models then say what a typed value can still get wrong. Each check is
-named after its quarantine rule id, so a pandera failure case maps straight onto a quarantine row.
+The contract is described in docs/architecture.md (landing contract). Values reach the models already parsed
+(jobs/ingest/typing_rules.py turns text into typed columns and quarantines what does not parse as
+``wrong_type``); the models then say what a typed value can still get wrong. Each check is named after its
+quarantine rule id, so a pandera failure case maps straight onto a quarantine row. ``SOURCES`` ties each
+landing source to its columns, model and lake schema.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,7 +18,11 @@ import pandera.pandas as pa
 import pyarrow
 from pandera.typing import Series
 
+from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS
+
 RULES: dict[str, str] = {
+    "symlink": "a symbolic link where a landing file should be: never followed, nothing read",
+    "not_a_regular_file": "a directory, FIFO, device or socket where a landing file should be: never opened",
     "unreadable_file": "the file cannot be read at all",
     "truncated_parquet": "a Parquet file cut short (no footer)",
     "empty_file": "no data rows",
@@ -33,7 +40,7 @@ RULES: dict[str, str] = {
 }
 """Every quarantine rule id, in precedence order: a row failing several rules is filed under the first."""
 
-FILE_RULES = frozenset({"unreadable_file", "truncated_parquet", "empty_file"})
+RULE_RANK = {rule: rank for rank, rule in enumerate(RULES)}
 
 TRANSACTION_COLUMNS: dict[str, str] = {
     "transaction_id": "int64",
@@ -90,16 +97,29 @@ class LandingFraudReports(pa.DataFrameModel):
         return ~ids.duplicated(keep="first")
 
 
-def schema_for_day(model: type[pa.DataFrameModel], timestamp_column: str, day: dt.date) -> pa.DataFrameSchema:
-    """The model's schema plus ``outside_file_day``: the file's name is its day, so timestamps must agree."""
+def file_day_check(day: dt.date) -> pa.Check:
+    """``outside_file_day``: the file's name is its day, so its timestamps must fall in that UTC day."""
     start = pd.Timestamp(day, tz="UTC")
     end = start + pd.Timedelta(days=1)
+    return pa.Check(lambda stamps: (stamps >= start) & (stamps < end), name="outside_file_day")
+
+
+def schema_for_day(model: type[pa.DataFrameModel], timestamp_column: str, day: dt.date) -> pa.DataFrameSchema:
+    """The model's schema plus ``outside_file_day`` on its timestamp column."""
     schema = model.to_schema()
-    checks = [
-        *schema.columns[timestamp_column].checks,
-        pa.Check(lambda stamps: (stamps >= start) & (stamps < end), name="outside_file_day"),
-    ]
+    checks = [*schema.columns[timestamp_column].checks, file_day_check(day)]
     return schema.update_column(timestamp_column, checks=checks)
+
+
+def checks_for_day(
+    model: type[pa.DataFrameModel], timestamp_column: str, day: dt.date
+) -> list[tuple[str | None, pa.Check]]:
+    """The checks of ``schema_for_day``, each with its column (None for the whole frame), without building
+    that schema (a deep copy of the model's)."""
+    schema = model.to_schema()
+    checks = [(name, check) for name, column in schema.columns.items() for check in column.checks]
+    checks += [(None, check) for check in schema.checks]
+    return [*checks, (timestamp_column, file_day_check(day))]
 
 
 _LINEAGE = [
@@ -133,3 +153,42 @@ QUARANTINE_SCHEMA = pyarrow.schema(
         pyarrow.field("quarantined_at", _UTC_US),
     ]
 )
+
+
+TRANSACTIONS = "transactions"
+FRAUD_REPORTS = "fraud_reports"
+
+
+@dataclass(frozen=True)
+class Source:
+    """What differs between the two landing sources."""
+
+    name: str
+    dataset: str
+    columns: dict[str, str]
+    model: type[pa.DataFrameModel]
+    timestamp_column: str
+    lake_schema: pyarrow.Schema
+    file_required: bool
+
+
+SOURCES = {
+    TRANSACTIONS: Source(
+        TRANSACTIONS,
+        RAW_TRANSACTIONS,
+        TRANSACTION_COLUMNS,
+        LandingTransactions,
+        "tx_datetime",
+        RAW_TRANSACTIONS_SCHEMA,
+        file_required=True,
+    ),
+    FRAUD_REPORTS: Source(
+        FRAUD_REPORTS,
+        RAW_FRAUD_REPORTS,
+        FRAUD_REPORT_COLUMNS,
+        LandingFraudReports,
+        "reported_at",
+        RAW_FRAUD_REPORTS_SCHEMA,
+        file_required=False,
+    ),
+}

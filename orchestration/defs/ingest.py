@@ -1,9 +1,17 @@
 """Ingest: landing files → raw lake partitions under the pandera contract, bad rows and files to quarantine.
 
-The assets are thin: parsing, the contract and the quarantine live in jobs/ingest/partition.py; listing and naming
-in jobs/ingest/landing.py. The landing sensor turns each new or changed file into one run for its day; from there
-the ``automation_sensor`` evaluates the declarative automation of everything downstream (dbt, checks,
-features, monitoring), so a landed day flows through the chain without anyone starting a job.
+The assets are thin: a day's ingestion lives in jobs/ingest/day.py (reading, typing, the contract and the
+lake's cross-file index in their own modules next to it), listing and naming in jobs/ingest/landing.py, and
+the misnamed-file quarantine in jobs/ingest/misnamed.py. The landing sensor turns each new or changed file
+into one run for its day; from there the ``automation_sensor`` evaluates the declarative automation of
+everything downstream (dbt, checks, features, monitoring), so a landed day flows through the chain without
+anyone starting a job.
+
+Fraud reports do not depend on transactions in the asset graph: a day whose transactions file is missing or
+broken fails ``raw_transactions`` (and blocks what is built on it), while that day's reports are still
+ingested against the transactions the lake already holds. Both ingest steps share the ``landing`` pool
+(limit 1 in dagster.yaml) and transactions go first, so in a run of both the reports are checked after the
+run's transactions are written.
 """
 
 import datetime as dt
@@ -13,7 +21,8 @@ import dagster as dg
 from pydantic import Field
 
 from jobs.ingest.landing import list_landing, misnamed_files, plan_landing
-from jobs.platform.layout import parse_day
+from jobs.platform.layout import dataset_uri, parse_day
+from orchestration.defs.conventions import DATA_PLATFORM, source_version, table_metadata, table_schema
 from orchestration.partitions import (
     PARTITION_START,
     daily_partitions,
@@ -23,10 +32,13 @@ from orchestration.partitions import (
 from orchestration.resources import TxguardSettings
 
 if TYPE_CHECKING:
-    from jobs.ingest.partition import DayResult
+    from jobs.ingest.day import DayResult
 
 CHECK_NAME = "rejected_share_below_threshold"
+LANDING_POOL = "landing"
+"""Both ingest steps: one at a time, transactions first (``dagster/priority``), reports after."""
 FIRST_DAY = dt.date.fromisoformat(PARTITION_START)
+CODE_VERSION = source_version("jobs.ingest")
 ASSET_FOR_SOURCE = {
     "transactions": dg.AssetKey("raw_transactions"),
     "fraud_reports": dg.AssetKey("raw_fraud_reports"),
@@ -68,17 +80,20 @@ def rejected_share_check(results: "list[DayResult]", threshold: float) -> dg.Ass
 def _ingest(
     context: dg.AssetExecutionContext, settings: TxguardSettings, source: str
 ) -> dg.MaterializeResult:
-    from jobs.ingest.partition import (
-        ingest_days,
-    )  # pandera pulls in pyspark.pandas: keep it out of the location load
+    # pandera pulls in pyspark.pandas: keep it out of the location load
+    from jobs.ingest.contract import SOURCES
+    from jobs.ingest.day import ingest_days
 
     config = settings.load()
     days = [parse_day(key) for key in context.partition_keys]
     results = ingest_days(config.landing, config.lake, source, days, run_id=context.run_id)
+    spec = SOURCES[source]
+    table, schema = dataset_uri(config.lake, spec.dataset), table_schema(spec.lake_schema)
     for result in results:
         summary = result.summary()
         context.add_asset_metadata(
-            {**summary, "dagster/row_count": result.accepted.num_rows}, partition_key=result.day.isoformat()
+            {**summary, **table_metadata(table, result.accepted.num_rows, schema)},
+            partition_key=result.day.isoformat(),
         )
         context.log.info(f"{source} {result.day}: {summary}")
     return dg.MaterializeResult(check_results=[rejected_share_check(results, config.quarantine_threshold)])
@@ -89,7 +104,11 @@ def _ingest(
     backfill_policy=single_run_backfill,
     group_name="ingest",
     kinds={"pandera", "parquet"},
+    owners=[DATA_PLATFORM],
+    code_version=CODE_VERSION,
     check_specs=[_check_spec("raw_transactions")],
+    pool=LANDING_POOL,
+    op_tags={"dagster/priority": "1"},
 )
 def raw_transactions(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """Card transactions of each day, as delivered and validated; a day without a landing file is an error."""
@@ -101,11 +120,19 @@ def raw_transactions(context: dg.AssetExecutionContext, settings: TxguardSetting
     backfill_policy=single_run_backfill,
     group_name="ingest",
     kinds={"pandera", "parquet"},
-    deps=[raw_transactions],
+    owners=[DATA_PLATFORM],
+    code_version=CODE_VERSION,
+    description="Fraud reports by arrival day, each tied to a transaction already in the lake; no file = no "
+    "reports.",
     check_specs=[_check_spec("raw_fraud_reports")],
+    pool=LANDING_POOL,
 )
 def raw_fraud_reports(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
-    """Fraud reports by arrival day, each tied to a transaction already in the lake; no file = no reports."""
+    """Fraud reports by arrival day, each tied to a transaction already in the lake; no file = no reports.
+
+    Not downstream of ``raw_transactions``: a day's reports are ingested even when that day's transactions
+    file is missing or broken (see the module's docstring for the order within one run).
+    """
     return _ingest(context, settings, "fraud_reports")
 
 
@@ -116,23 +143,30 @@ class LandingRejectsConfig(dg.Config):
     )
 
 
-@dg.asset(group_name="ingest", kinds={"json"})
+@dg.asset(
+    group_name="ingest",
+    kinds={"json"},
+    owners=[DATA_PLATFORM],
+    code_version=CODE_VERSION,
+    description="Landing entries whose name maps to no partition, set aside under quarantine/misnamed.",
+)
 def landing_file_rejects(
     context: dg.AssetExecutionContext, config: LandingRejectsConfig, settings: TxguardSettings
 ) -> dg.MaterializeResult:
-    """Landing files whose name maps to no partition, copied with their reason under quarantine/misnamed."""
-    from jobs.ingest.partition import quarantine_misnamed
+    """Landing entries whose name maps to no partition, under quarantine/misnamed with their reason and rule:
+    a regular file's bytes copied, a link or other non-file recorded by name only."""
+    from jobs.ingest.misnamed import quarantine_misnamed
 
     txguard = settings.load()
     records = quarantine_misnamed(
         misnamed_files(txguard.landing, FIRST_DAY, config.uris), txguard.lake, run_id=context.run_id
     )
     for record in records:
-        context.log.warning(f"quarantined {record['uri']!r}: {record['reason']}")
+        context.log.warning(f"quarantined {record['uri']!r} ({record['rule']}): {record['reason']}")
     return dg.MaterializeResult(
         metadata={
             "files": len(records),
-            "records": [{k: r[k] for k in ("uri", "reason", "content")} for r in records],
+            "records": [{k: r[k] for k in ("uri", "rule", "reason", "content")} for r in records],
         }
     )
 
@@ -143,7 +177,12 @@ def landing_file_rejects(
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSettings) -> dg.SensorResult:
-    """One run per new or changed landing file (run key = path:size:etag-or-mtime), one listing per folder."""
+    """One run per new or changed landing entry (run key = path:size:etag-or-mtime), one listing per folder.
+
+    An entry named like a landing file runs for its day whatever it is: a link, folder or FIFO there becomes
+    the day's whole-file quarantine (``symlink`` / ``not_a_regular_file``) and fails the day's check. Any
+    other name goes to ``landing_file_rejects``. Uploads in progress are ignored until renamed.
+    """
     landing = settings.load().landing
     last_day = parse_day(daily_partitions.get_last_partition_key())
     plan = plan_landing(list_landing(landing), context.cursor, FIRST_DAY, last_day)
@@ -166,6 +205,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSetting
     ]
     if plan.waiting:
         context.log.info(f"{len(plan.waiting)} file(s) dated after {last_day} wait for their partition")
+    if plan.uploading:
+        context.log.info(f"{len(plan.uploading)} upload(s) in progress ignored until renamed")
     if not requests:
         return dg.SensorResult(skip_reason="no new or changed landing file", cursor=plan.cursor)
     return dg.SensorResult(run_requests=requests, cursor=plan.cursor)

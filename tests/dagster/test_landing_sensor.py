@@ -1,30 +1,28 @@
 """The landing sensor over a real folder and over a real S3 API (moto server on 127.0.0.1): one run per new or
-changed file, never one for a file already processed, bad names to the rejects asset, hundreds per tick."""
+changed file, never one for a file already processed, bad names to the rejects asset, hundreds per tick,
+links, folders and FIFOs reported (never skipped, never read), uploads in progress ignored until renamed."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
+import os
 import time
-import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import dagster as dg
 import pytest
-from moto.server import ThreadedMotoServer
 
 from jobs.ingest.landing import BadLandingName, LandingFile, parse_landing_name, plan_landing
 from jobs.platform.layout import partition_uri, quarantine_uri
 from jobs.platform.storage import read_parquet
 from orchestration.defs import ingest
 from orchestration.resources import TxguardSettings
+from tests.support import materialize, with_settings
 
 HEADER = "transaction_id,tx_datetime,customer_id,terminal_id,tx_amount\n"
-DEFS = dg.Definitions.merge(ingest.defs, dg.Definitions(resources={"settings": TxguardSettings()}))
+DEFS = with_settings(ingest.defs)
 
 
 def tick(cursor: str | None = None, instance: dg.DagsterInstance | None = None):
@@ -163,30 +161,13 @@ def test_hundreds_of_files_in_one_tick(txguard_home: Path) -> None:
 
 
 @pytest.fixture
-def s3(txguard_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.client]:
-    """A moto S3 server on 127.0.0.1 (a free port) with a landing bucket and a lake bucket."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "TXGUARD_S3_ENDPOINT_URL": endpoint,
-        "TXGUARD_LANDING_ROOT": "s3://landing/zone",
-        "TXGUARD_LAKE_ROOT": "s3://lake/txguard",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="landing")
-    client.create_bucket(Bucket="lake")
-    yield client
-    server.stop()
+def s3(moto_s3, monkeypatch: pytest.MonkeyPatch):
+    """The moto S3 server with a landing bucket and a lake bucket holding txguard's landing zone and lake."""
+    monkeypatch.setenv("TXGUARD_LANDING_ROOT", "s3://landing/zone")
+    monkeypatch.setenv("TXGUARD_LAKE_ROOT", "s3://lake/txguard")
+    moto_s3.create_bucket(Bucket="landing")
+    moto_s3.create_bucket(Bucket="lake")
+    return moto_s3
 
 
 def test_the_sensor_over_s3_uses_etags_and_sees_changes(s3) -> None:
@@ -233,13 +214,7 @@ def test_a_day_ingested_from_s3_into_an_s3_lake(s3) -> None:
     s3.put_object(
         Bucket="landing", Key=f"zone/transactions/{day}.csv", Body=(HEADER + rows + "6,x,1,2,3\n").encode()
     )
-    result = dg.materialize(
-        [ingest.raw_transactions],
-        partition_key=day,
-        resources={"settings": TxguardSettings()},
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    result = materialize([ingest.raw_transactions], partition_key=day)
     lake = read_parquet(partition_uri("s3://lake/txguard", "raw/transactions", day)).to_pandas()
     assert lake["transaction_id"].tolist() == [1, 2, 3, 4, 5]
     assert set(lake["source_file"]) == {f"s3://landing/zone/transactions/{day}.csv"}
@@ -249,12 +224,116 @@ def test_a_day_ingested_from_s3_into_an_s3_lake(s3) -> None:
     next_day = "2018-04-03"
     body = HEADER + f"1,{next_day}T01:00:00Z,1,2,3.00\n" + f"7,{next_day}T01:00:00Z,1,2,3.00\n"
     s3.put_object(Bucket="landing", Key=f"zone/transactions/{next_day}.csv", Body=body.encode())
-    dg.materialize(
-        [ingest.raw_transactions],
-        partition_key=next_day,
-        resources={"settings": TxguardSettings()},
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    materialize([ingest.raw_transactions], partition_key=next_day)
     quarantined = read_parquet(quarantine_uri("s3://lake/txguard", "transactions", next_day)).to_pandas()
     assert quarantined["reason"].tolist() == [f"transaction_id 1 already accepted in partition {day}"]
+
+
+MARKER = "TOP-SECRET-c0ffee-77aa"
+RANGE_TAGS = {
+    "dagster/asset_partition_range_start": "2018-04-02",
+    "dagster/asset_partition_range_end": "2018-04-03",
+}
+
+
+@pytest.mark.timeout(120)
+def test_entries_that_are_not_files_are_reported_never_skipped(txguard_home: Path) -> None:
+    """Named like a landing file, a link, a folder or a FIFO runs for its day (where it is quarantined whole);
+    named otherwise, it goes to the rejects; nothing of a link's target reaches a request."""
+    landing = txguard_home / "landing"
+    secret = txguard_home.parent / "outside.csv"
+    secret.write_text(HEADER + f"1,2018-04-01T00:00:00Z,1,1,1.00,{MARKER}\n")
+    (landing / "transactions").mkdir(parents=True)
+    link = landing / "transactions" / "2018-04-01.csv"
+    os.symlink(secret, link)
+    (landing / "transactions" / "2018-04-02.csv").mkdir()
+    os.mkfifo(landing / "transactions" / "2018-04-03.csv")
+    misnamed = landing / "transactions" / "latest.csv"
+    os.symlink(secret, misnamed)
+    put(landing, "fraud_reports", "2018-04-01.csv", "transaction_id,reported_at\n")
+    data = tick()
+    requests = by_partition(data)
+    assert set(requests) == {
+        ("raw_transactions", "2018-04-01"),
+        ("raw_transactions", "2018-04-02"),
+        ("raw_transactions", "2018-04-03"),
+        ("raw_fraud_reports", "2018-04-01"),
+        ("landing_file_rejects", None),
+    }
+    assert requests["raw_transactions", "2018-04-01"].run_key == f"{link}:0:{os.lstat(link).st_mtime:.6f}"
+    reject = requests["landing_file_rejects", None]
+    assert reject.run_config["ops"]["landing_file_rejects"]["config"]["uris"] == [str(misnamed)]
+    assert MARKER not in repr(data.run_requests) and str(secret) not in repr(data.run_requests)
+    assert tick(data.cursor).run_requests == []
+
+
+def test_uploads_in_progress_are_ignored_until_renamed(txguard_home: Path) -> None:
+    landing = txguard_home / "landing"
+    part = put(landing, "transactions", ".2018-04-01.csv.part", HEADER)
+    for name in ("2018-04-02.csv.crdownload", "2018-04-03.csv.partial", "2018-04-04.parquet.filepart"):
+        put(landing, "transactions", name)
+    put(landing, "fraud_reports", "2018-04-05.csv.tmp", "transaction_id,reported_at\n")
+    data = tick()
+    assert data.run_requests == [] and json.loads(data.cursor) == {}
+    part.write_text(HEADER + "1,2018-04-01T00:00:00Z,1,1,1.00\n")
+    growing = tick(data.cursor)
+    assert growing.run_requests == [] and growing.cursor == data.cursor
+    done = part.rename(part.with_name("2018-04-01.csv"))
+    renamed = tick(growing.cursor)
+    assert [(r.partition_key, r.run_key.split(":")[0]) for r in renamed.run_requests] == [
+        ("2018-04-01", str(done))
+    ]
+    assert materialize([ingest.landing_file_rejects]).success
+    assert not (txguard_home / "lake" / "quarantine" / "misnamed").exists()
+
+
+def test_a_symlinked_source_folder_stops_the_tick(txguard_home: Path) -> None:
+    elsewhere = txguard_home.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "2018-04-01.csv").write_text(HEADER + f"1,2018-04-01T00:00:00Z,1,1,1.00,{MARKER}\n")
+    (txguard_home / "landing").mkdir()
+    os.symlink(elsewhere, txguard_home / "landing" / "transactions")
+    with pytest.raises(Exception, match="transactions is a symlink, not a folder"):
+        tick()
+
+
+def test_on_s3_uploads_in_progress_are_ignored_and_a_key_prefix_is_not_a_file(s3) -> None:
+    for key in ("zone/transactions/.2018-04-01.csv.part", "zone/transactions/2018-04-01.csv.crdownload"):
+        s3.put_object(Bucket="landing", Key=key, Body=HEADER.encode())
+    s3.put_object(Bucket="landing", Key="zone/transactions/2018-04-02.csv/", Body=b"")
+    nested = "zone/fraud_reports/2018-04-03.csv/part-0"
+    s3.put_object(Bucket="landing", Key=nested, Body=b"transaction_id,reported_at\n")
+    data = tick()
+    requests = by_partition(data)
+    assert set(requests) == {
+        ("raw_transactions", "2018-04-02"),
+        ("raw_fraud_reports", "2018-04-03"),
+        ("landing_file_rejects", None),
+    }
+    reject = requests["landing_file_rejects", None]
+    assert reject.run_config["ops"]["landing_file_rejects"]["config"]["uris"] == [f"s3://landing/{nested}"]
+    assert sorted(json.loads(data.cursor)) == [
+        "fraud_reports/2018-04-03.csv",
+        "fraud_reports/2018-04-03.csv/part-0",
+        "transactions/2018-04-02.csv",
+    ]
+    assert not materialize([ingest.raw_transactions], partition_key="2018-04-02").success
+    quarantined = read_parquet(quarantine_uri("s3://lake/txguard", "transactions", "2018-04-02")).to_pandas()
+    assert quarantined[["row_number", "rule", "reason"]].values.tolist() == [
+        [
+            0,
+            "not_a_regular_file",
+            "transactions/2018-04-02.csv is a directory, not a regular file: it was never opened",
+        ]
+    ]
+    reports = materialize([ingest.raw_fraud_reports], tags=RANGE_TAGS)
+    done_days = [
+        event.step_materialization_data.materialization
+        for event in reports.get_asset_materialization_events()
+    ]
+    rules = {done.partition: done.metadata["rules"].value for done in done_days}
+    assert rules == {"2018-04-02": {}, "2018-04-03": {"not_a_regular_file": 1}}
+    rejects = materialize([ingest.landing_file_rejects])
+    (materialization,) = rejects.get_asset_materialization_events()
+    records = materialization.step_materialization_data.materialization.metadata["records"].value
+    assert [(r["uri"], r["rule"]) for r in records] == [(f"s3://landing/{nested}", "misnamed")]

@@ -1,4 +1,4 @@
-"""The landing contract rule by rule: tiny bad files built here, ingested with jobs/ingest/partition.py, checked.
+"""The landing contract rule by rule: tiny bad files built here, ingested with jobs/ingest/day.py, checked.
 
 Every test also checks the reconciliation (rows in = accepted + quarantined) through ``ingest_days``, which
 refuses to write a day that does not reconcile.
@@ -18,16 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.ingest.contract import QUARANTINE_SCHEMA, RAW_FRAUD_REPORTS_SCHEMA, RAW_TRANSACTIONS_SCHEMA, RULES
-from jobs.ingest.partition import (
+from jobs.ingest.contract import (
     FRAUD_REPORTS,
+    QUARANTINE_SCHEMA,
+    RAW_FRAUD_REPORTS_SCHEMA,
+    RAW_TRANSACTIONS_SCHEMA,
+    RULES,
     TRANSACTIONS,
-    DayResult,
-    MissingLandingFile,
-    ReconciliationError,
-    ingest_days,
-    reconcile,
 )
+from jobs.ingest.day import DayResult, MissingLandingFile, ReconciliationError, ingest_days, reconcile
 from jobs.platform.layout import partition_uri, quarantine_uri
 from jobs.platform.storage import read_parquet
 
@@ -438,7 +437,7 @@ def test_the_bad_file_catalogue_ends_where_it_says(tmp_path: Path) -> None:
     """Each landing-named file of the bad-file catalogue (jobs/simulation/bad_files.py) ingests as documented:
     whole-file faults leave nothing accepted, row faults quarantine exactly the listed rows."""
     from jobs.ingest.landing import BadLandingName, misnamed_files, parse_landing_name
-    from jobs.ingest.partition import quarantine_misnamed
+    from jobs.ingest.misnamed import quarantine_misnamed
     from jobs.simulation import bad_files
 
     zone = Zone(tmp_path)
