@@ -1,1 +1,1 @@
-"""Registry: MLflow runs, registered versions, aliases, the promotion gate and the model card."""
+"""Registry: MLflow runs and registered versions, aliases, the promotion policy and decisions, model cards."""

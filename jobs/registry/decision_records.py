@@ -1,7 +1,8 @@
 """Mirror the registry's decisions into the warehouse's audit records, so lineage never depends on MLflow.
 
 Training, registration and every champion move (by the gate or by a person) become append-only records
-(``jobs/governance/audit.py``), then the analysts' snapshot is republished so that ``txguard lineage`` sees them.
+(``jobs/governance/audit.py``), then the analysts' snapshot is republished so that ``txguard lineage`` sees
+them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from jobs.platform.settings import Settings
 from jobs.platform.warehouse import connect, publish_snapshot
 
 if TYPE_CHECKING:
-    from jobs.registry.registry import RegistryRecord, TrainingRun
+    from jobs.registry.promotion import RegistryRecord
+    from jobs.registry.tracking import TrainingRun
 
 
 def _day(value: str) -> dt.date | None:
@@ -53,7 +55,10 @@ def record_training(
             dagster_run_id=dagster_run_id,
         ),
     ]
-    with connect(settings.warehouse_path) as connection:
+    with (
+        connect(settings.warehouse_path) as connection,
+        audit.anchored(connection, audit.MlflowHeads.of(settings), "training", dagster_run_id),
+    ):
         records = [audit.record(connection, entry) for entry in entries]
     publish_snapshot(settings.warehouse_path, settings.snapshot_path)
     return records
@@ -76,7 +81,12 @@ def record_decision(
         metrics=metrics,
         dagster_run_id=dagster_run_id,
     )
-    with connect(settings.warehouse_path) as connection:
+    with (
+        connect(settings.warehouse_path) as connection,
+        audit.anchored(
+            connection, audit.MlflowHeads.of(settings), f"promotion {decision.action}", dagster_run_id
+        ),
+    ):
         written = audit.record(connection, entry)
     publish_snapshot(settings.warehouse_path, settings.snapshot_path)
     return written

@@ -7,7 +7,7 @@ made a version, how it was measured, and where it should not be trusted.
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,14 +25,25 @@ def _git(*args: str) -> str:
     ).stdout.strip()
 
 
-def git_commit() -> str:
-    """The checked-out commit (with ``+dirty`` when files differ from it), or ``unknown`` outside git."""
+@dataclass(frozen=True)
+class GitRevision:
+    """The checked-out commit, and whether tracked files differ from it (the run's code is not the commit)."""
+
+    commit: str
+    dirty: bool
+
+    def __str__(self) -> str:
+        return f"{self.commit}+dirty" if self.dirty else self.commit
+
+
+def git_revision() -> GitRevision | None:
+    """The code's revision, or None outside a git checkout."""
     try:
         commit = _git("rev-parse", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}+dirty" if dirty else commit or "unknown"
+        return None
+    return GitRevision(commit, bool(dirty)) if commit else None
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,8 @@ class ModelCard:
     artifact_sha256: str
     params: dict[str, object]
     class_counts: dict[str, int]
-    code_version: str = field(default_factory=git_commit)
+    code_version: str
+    """``GitRevision`` as text, or ``unknown`` outside git."""
     missing_report_days: tuple[str, ...] = ()
 
 
@@ -77,7 +89,7 @@ def render_model_card(card: ModelCard) -> str:
         "",
         "## Intended use",
         "Ranks the previous day's card transactions by fraud risk so that investigators review the riskiest "
-        "cards first (batch scoring, DESIGN.md §1).",
+        "cards first (batch scoring; docs/architecture.md, Stages).",
         f"Alerts are raised for scores ≥ **{card.threshold:.6f}**, chosen on the validation days to stay "
         f"within **{card.alert_budget} cards a day** "
         f"(validation: {card.validation_alerts_per_day:.1f} a day).",
@@ -95,7 +107,7 @@ def render_model_card(card: ModelCard) -> str:
         "",
         "## Metrics",
         "Holdout: the newest matured days, without the cards known compromised before each day "
-        "(DESIGN.md §4).",
+        "(docs/architecture.md, point-in-time rule).",
         "",
         _metric_rows(card),
         "",

@@ -1,7 +1,7 @@
 """Training: ``fraud_model`` trains and registers a challenger, ``model_promotion`` gates it; weekly.
 
-Both assets are thin over ``jobs.registry.registry``; LightGBM and MLflow are imported inside the bodies so that the
-code location loads fast. ``transaction_features`` carries a blocking contract check, so a run whose
+Both assets are thin over ``jobs.registry.release``; LightGBM and MLflow are imported inside the bodies so
+that the code location loads fast. ``transaction_features`` carries a blocking contract check, so a run whose
 features fail it never reaches training.
 """
 
@@ -9,8 +9,13 @@ import json
 
 import dagster as dg
 
+from orchestration.defs.conventions import FRAUD_ML, mlflow_model_version_url, mlflow_run_url, source_version
 from orchestration.partitions import WAREHOUSE_POOL
 from orchestration.resources import TxguardSettings
+from orchestration.runs import partition_range_of
+
+CODE_VERSION = source_version("jobs.training", "jobs.registry")
+"""Both assets: training and the promotion gate are the trainer, its metrics and the registry."""
 
 
 def _metrics(prefix: str, metrics) -> dict[str, float]:
@@ -21,21 +26,33 @@ def _metrics(prefix: str, metrics) -> dict[str, float]:
     group_name="training",
     deps=[dg.AssetKey("transaction_features")],
     kinds={"lightgbm", "mlflow"},
+    owners=[FRAUD_ML],
+    code_version=CODE_VERSION,
     pool=WAREHOUSE_POOL,
 )
 def fraud_model(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """LightGBM on the matured window ending at the newest feature partition, registered as @challenger."""
     from jobs.registry.decision_records import record_training
-    from jobs.registry.registry import train_and_register
+    from jobs.registry.release import train_and_register
+    from jobs.registry.tracking import RunOrigin
 
     config = settings.load()
-    run = train_and_register(config)
+    origin = RunOrigin(
+        dagster_run_id=context.run_id,
+        dagster_job=context.job_name,
+        partition_range=partition_range_of(context.run.tags),
+    )
+    run = train_and_register(config, origin=origin)
     record_training(config, run, context.run_id)
     context.log.info(f"{run.ref.name} v{run.ref.version} trained on {run.device}: {run.device_reason}")
     return dg.MaterializeResult(
         metadata={
             "mlflow_run_id": run.ref.run_id,
+            "mlflow_run": mlflow_run_url(config.mlflow_ui_url, run.ref.run_id),
             "model_version": run.ref.version,
+            "mlflow_model_version": mlflow_model_version_url(
+                config.mlflow_ui_url, run.ref.name, run.ref.version
+            ),
             "model_uri": run.ref.model_uri,
             "artifact_sha256": run.ref.artifact_sha256,
             "threshold": run.ref.threshold,
@@ -49,11 +66,19 @@ def fraud_model(context: dg.AssetExecutionContext, settings: TxguardSettings) ->
     )
 
 
-@dg.asset(group_name="training", deps=[fraud_model], kinds={"mlflow"}, pool=WAREHOUSE_POOL)
+@dg.asset(
+    group_name="training",
+    deps=[fraud_model],
+    kinds={"mlflow"},
+    owners=[FRAUD_ML],
+    code_version=CODE_VERSION,
+    pool=WAREHOUSE_POOL,
+)
 def model_promotion(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """Challenger vs champion on the newest matured holdout; @champion moves only if the challenger wins."""
+    from jobs.registry.aliases import model_ref
     from jobs.registry.decision_records import record_decision
-    from jobs.registry.registry import run_promotion_gate
+    from jobs.registry.release import run_promotion_gate
 
     config = settings.load()
     outcome = run_promotion_gate(config, actor="pipeline:model_promotion")
@@ -61,8 +86,20 @@ def model_promotion(context: dg.AssetExecutionContext, settings: TxguardSettings
     decision, record = outcome.decision, outcome.record
     if record is not None:
         record_decision(config, record, context.run_id)
+    links: dict[str, dg.MetadataValue] = {}
+    if decision is not None:
+        challenger = model_ref(decision.challenger_version, tracking_uri=config.tracking_uri)
+        links["mlflow_run"] = mlflow_run_url(config.mlflow_ui_url, challenger.run_id)
+        links["mlflow_model_version"] = mlflow_model_version_url(
+            config.mlflow_ui_url, challenger.name, challenger.version
+        )
+    if record is not None and record.champion_after is not None:
+        links["mlflow_champion_version"] = mlflow_model_version_url(
+            config.mlflow_ui_url, record.name, record.champion_after
+        )
     return dg.MaterializeResult(
         metadata={
+            **links,
             "summary": outcome.summary,
             "action": record.action if record else "none",
             "challenger_version": decision.challenger_version if decision else None,
