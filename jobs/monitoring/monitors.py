@@ -8,21 +8,35 @@ reference's quantiles; a feature with few distinct values (a flag, a count) simp
 Thresholds, the usual credit-scoring reading of PSI: below ``PSI_WARN`` (0.10) stable; from 0.10 a moderate
 shift worth a look (warning); from ``PSI_ERROR`` (0.25) a significant shift (error: retrain).
 
+What is compared, so that a calm day stays quiet:
+
+- every feature but ``tx_during_weekend``, which is fixed by the calendar (a weekday against a month that
+  includes weekends would always read as drift). The terminal's reported frauds stay in: their PSI moves
+  with the day's fraud volume, but far less than the warning level (``python -m benchmarks drift``);
+- the score, on ``comparable_scores`` only: rows whose terminal has no reported fraud in its windows (the
+  model raises the scores at terminals with reported frauds, so a day with many such transactions moves the
+  score distribution with the fraud volume) against reference rows of the same calendar kind (a model that
+  learned a weekend effect would read every weekend as drift against a mostly weekday month).
+
 The reference: training does not log a sample of its rows, so it is rebuilt from what the registry records
 on each version, its training window (tag ``training_window``: the training and validation days): a seeded
 sample of at most ``REFERENCE_SAMPLE_ROWS`` feature rows of those days from the lake, with that version's
 scores on them. The sample is the same on every rebuild and is cached in the lake per version.
-``tx_during_weekend`` is left out of drift: it is fixed by the calendar, so a weekday against a month that
-includes weekends would always read as drift.
 
-Performance: labels mature ``LABEL_DELAY_DAYS`` (7) after a transaction, so on day D the judged window is
-the ``PERFORMANCE_WINDOW_DAYS`` (7) scored days ending D - 7, labelled with the fraud reports that arrived
-by the end of D, and measured with ``jobs.training.metrics`` on what was actually scored (every scored row, no cards
-removed; CP@100 removes cards detected on earlier days of the window, as the handbook does). Floors: ROC AUC
-``AUC_FLOOR`` (0.80, under every published handbook baseline, 0.868+) and average precision ``AP_FLOOR``
-(0.30, the bar ``jobs.registry.registry`` sets for a first model to be promoted: a champion below what a new model
-must clear is due for retraining). A window with fewer than ``MIN_JUDGED_FRAUDS`` frauds is reported but not
-judged: its metrics are noise. CP@100 is reported, not floored: it depends on the number of cards a day.
+Warm-up (``jobs.training.maturity``): the lake's first days have features built on a partial history and no
+possible model yet. Drift skips the days before ``warm_up_end`` and leaves those days out of a reference
+(a version that learned only from them is skipped against); performance skips until its judged window
+starts after it. A skipped day's check passes with the reason ("skipped: warm-up until YYYY-MM-DD").
+
+Performance: labels mature ``LABEL_DELAY_DAYS`` (7) after a transaction, so on day D the judged window is the
+``PERFORMANCE_WINDOW_DAYS`` (7) scored days ending D - 7, labelled with the fraud reports that arrived by the
+end of D, and measured with ``jobs.training.metrics`` on what was actually scored (every scored row, no cards
+removed; CP@100 removes cards detected on earlier days of the window, as the handbook does). A lake without
+the report partitions up to D is skipped with the missing days named: its labels are not final. Floors: ROC
+AUC ``AUC_FLOOR`` (0.80, under every published handbook baseline, 0.868+) and average precision ``AP_FLOOR``
+(0.30, the bar the promotion gate sets for a first model: a champion below what a new model must clear is due
+for retraining). A window with fewer than ``MIN_JUDGED_FRAUDS`` frauds is reported but not judged: its metrics
+are noise. CP@100 is reported, not floored: it depends on the number of cards a day.
 """
 
 from __future__ import annotations
@@ -35,7 +49,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from jobs.features.definitions import FEATURE_COLUMNS, TERMINAL_DELAY_DAYS
+from jobs.features.definitions import FEATURE_COLUMNS, WINDOWS_DAYS
+from jobs.training.maturity import (
+    LABEL_DELAY_DAYS,
+    first_ingested_day,
+    immature_labels_message,
+    missing_report_days,
+    newest_report_day,
+    warm_up_end,
+)
 
 if TYPE_CHECKING:
     import lightgbm
@@ -43,7 +65,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from jobs.platform.settings import Settings
-    from jobs.registry.registry import ModelRef
+    from jobs.registry.aliases import ModelRef
     from jobs.training.metrics import HoldoutMetrics
 
 PSI_WARN = 0.10
@@ -52,12 +74,15 @@ PSI_BINS = 10
 PSI_EPSILON = 1e-4
 SCORE = "score"
 CALENDAR_FEATURES = ("tx_during_weekend",)
+REPORTED_FRAUD_FEATURES: tuple[str, ...] = tuple(
+    f"terminal_id_nb_reported_frauds_{w}day_window" for w in WINDOWS_DAYS
+)
 DRIFT_FEATURES: tuple[str, ...] = tuple(c for c in FEATURE_COLUMNS if c not in CALENDAR_FEATURES)
+REFERENCE_COLUMNS: tuple[str, ...] = (*FEATURE_COLUMNS, SCORE)
 REFERENCE_SAMPLE_ROWS = 100_000
 REFERENCE_DATASET = "monitoring/reference"
 TRAINING_WINDOW_TAG = "training_window"
 
-LABEL_DELAY_DAYS = TERMINAL_DELAY_DAYS
 PERFORMANCE_WINDOW_DAYS = 7
 TREND_DAYS = 30
 AUC_FLOOR = 0.80
@@ -153,18 +178,44 @@ class DriftReport:
         }
 
 
+def comparable_scores(
+    reference: pd.DataFrame, current: pd.DataFrame, day: dt.date
+) -> tuple[np.ndarray, np.ndarray]:
+    """The scores of both frames that only move when the model's inputs do.
+
+    Kept: rows whose terminal has no reported fraud in its windows (a day when compromised terminals light
+    up many transactions raises their scores: the model working, not drift), and reference rows of the
+    same calendar kind as the day (the score depends on ``tx_during_weekend``, so a weekend read against a
+    mostly weekday reference would swing).
+    """
+    calendar = list(CALENDAR_FEATURES)
+
+    def quiet(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[(frame[list(REPORTED_FRAUD_FEATURES)] == 0).all(axis=1)]
+
+    today = quiet(current)
+    same_kind = quiet(reference).merge(today[calendar].drop_duplicates(), on=calendar)
+    if today.empty or same_kind.empty:
+        raise MonitoringError(
+            f"day {day}: no scores to compare ({len(today)} rows of the day and {len(same_kind)} of the "
+            "reference with no reported terminal fraud, on the same kind of day)"
+        )
+    return same_kind[SCORE].to_numpy(), today[SCORE].to_numpy()
+
+
 def drift_report(
     reference: pd.DataFrame, current: pd.DataFrame, day: dt.date, model_version: int
 ) -> DriftReport:
-    """PSI per drift feature and for ``score``; both frames need those columns."""
-    columns = [*DRIFT_FEATURES, SCORE]
+    """PSI per drift feature, and for ``score`` on ``comparable_scores``; both frames need
+    ``REFERENCE_COLUMNS``."""
     for what, frame in (("reference", reference), (f"day {day}", current)):
-        missing = [c for c in columns if c not in frame.columns]
+        missing = [c for c in REFERENCE_COLUMNS if c not in frame.columns]
         if missing:
             raise MonitoringError(f"{what}: missing column(s) {', '.join(missing)} for drift")
     if current.empty:
         raise MonitoringError(f"day {day}: no rows to compare with the reference")
-    values = {c: psi(reference[c].to_numpy(), current[c].to_numpy()) for c in columns}
+    values = {c: psi(reference[c].to_numpy(), current[c].to_numpy()) for c in DRIFT_FEATURES}
+    values[SCORE] = psi(*comparable_scores(reference, current, day))
     return DriftReport(day=day, model_version=model_version, rows=len(current), psi=values)
 
 
@@ -179,7 +230,7 @@ def reference_uri(lake: str, model_name: str, version: int) -> str:
 
 def training_window(model: ModelRef, tracking_uri: str) -> tuple[dt.date, dt.date]:
     """The days the version learned from, as the registry tagged them (``start..end``)."""
-    from jobs.registry.registry import open_client
+    from jobs.registry.client import open_client
 
     tags = open_client(tracking_uri).get_model_version(model.name, str(model.version)).tags
     value = tags.get(TRAINING_WINDOW_TAG, "")
@@ -193,6 +244,19 @@ def training_window(model: ModelRef, tracking_uri: str) -> tuple[dt.date, dt.dat
     return start, end
 
 
+def reference_sample(
+    frame: pd.DataFrame, booster: lightgbm.Booster, seed: int, rows: int = REFERENCE_SAMPLE_ROWS
+) -> pd.DataFrame:
+    """A seeded sample of at most ``rows`` feature rows (``REFERENCE_COLUMNS``) with the model's scores."""
+    from jobs.training.trainer import predict_scores
+
+    if len(frame) > rows:
+        frame = frame.sample(n=rows, random_state=seed).sort_values("transaction_id")
+    sample = frame[list(FEATURE_COLUMNS)].reset_index(drop=True)
+    sample[SCORE] = predict_scores(booster, frame)
+    return sample
+
+
 def build_reference(
     lake: str,
     model: ModelRef,
@@ -201,29 +265,36 @@ def build_reference(
     end: dt.date,
     rows: int = REFERENCE_SAMPLE_ROWS,
 ) -> pd.DataFrame:
-    """A seeded sample of the window's feature rows with the model's scores on them."""
-    from jobs.training.trainer import load_feature_rows, predict_scores
+    """The reference sample of the window's feature rows in the lake, seeded with the model version."""
+    from jobs.training.trainer import load_feature_rows
 
     frame = load_feature_rows(lake, start, end, feature_set_version=model.feature_set_version)
-    if len(frame) > rows:
-        frame = frame.sample(n=rows, random_state=model.version).sort_values("transaction_id")
-    sample = frame[list(DRIFT_FEATURES)].reset_index(drop=True)
-    sample[SCORE] = predict_scores(booster, frame)
-    return sample
+    return reference_sample(frame, booster, seed=model.version, rows=rows)
 
 
-def load_reference(settings: Settings, model_name: str, version: int) -> pd.DataFrame:
-    """The version's reference sample from the lake cache, built from the registry and lake on first use."""
+def load_reference(settings: Settings, model_name: str, version: int, judged_from: dt.date) -> pd.DataFrame:
+    """The version's reference sample from the lake cache, built from the registry and lake on first use.
+
+    Only the training days from ``judged_from`` (the end of the warm-up) on are sampled: earlier days'
+    features were built on a partial history. The frame is empty when the version learned from none.
+    """
+    import pandas as pd
     import pyarrow as pa
 
     from jobs.platform import storage
-    from jobs.registry.registry import load_verified_booster, model_ref
+    from jobs.registry.aliases import model_ref
+    from jobs.registry.tracking import load_verified_booster
 
     uri = reference_uri(settings.lake, model_name, version)
     if storage.exists(uri):
-        return storage.read_parquet(uri).to_pandas()
+        cached = storage.read_parquet(uri).to_pandas()
+        if tuple(cached.columns) == REFERENCE_COLUMNS:
+            return cached
     model = model_ref(version, tracking_uri=settings.tracking_uri, name=model_name)
     start, end = training_window(model, settings.tracking_uri)
+    start = max(start, judged_from)
+    if start > end:
+        return pd.DataFrame(columns=list(REFERENCE_COLUMNS))
     booster = load_verified_booster(model, tracking_uri=settings.tracking_uri)
     sample = build_reference(settings.lake, model, booster, start, end)
     storage.write_parquet_atomic(pa.Table.from_pandas(sample, preserve_index=False), uri)
@@ -241,14 +312,55 @@ def read_scored(snapshot: Path, start: dt.date, end: dt.date) -> pd.DataFrame:
     return read_scores(snapshot, start, end)
 
 
-def measure_drift(settings: Settings, days: Sequence[dt.date]) -> list[DriftReport]:
-    """Each day's features (lake) and scores (snapshot) against the reference of the version scoring it."""
+@dataclass(frozen=True)
+class Skipped:
+    """A monitor that did not judge its day, and why; its check passes with the reason as description."""
+
+    day: dt.date
+    reason: str
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return f"skipped: {self.reason}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"day": self.day.isoformat(), "skipped": self.reason, **self.details}
+
+
+NO_HISTORY = "warm-up: the lake holds no transactions yet"
+
+
+def warm_up_skip(day: dt.date, first_day: dt.date, judged_from: dt.date, rule: str) -> Skipped | None:
+    """A ``Skipped`` while ``day`` is before ``judged_from``, the first day a monitor judges (``rule``)."""
+    if day >= judged_from:
+        return None
+    end = warm_up_end(first_day)
+    return Skipped(
+        day,
+        f"warm-up until {judged_from}: the lake starts on {first_day}, and its days before {end} fill the "
+        f"feature windows and the first model's matured window; {rule}",
+        {"warm_up_until": judged_from.isoformat(), "first_ingested_day": first_day.isoformat()},
+    )
+
+
+def measure_drift(settings: Settings, days: Sequence[dt.date]) -> list[DriftReport | Skipped]:
+    """Each day's features (lake) and scores (snapshot) against the reference of the version scoring it;
+    days of the warm-up are skipped (``jobs.training.maturity``)."""
     from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
     from jobs.training.trainer import load_feature_rows
 
+    first = first_ingested_day(settings.lake)
+    if first is None:
+        return [Skipped(day, NO_HISTORY) for day in days]
+    judged_from = warm_up_end(first)
     references: dict[int, pd.DataFrame] = {}
-    reports = []
+    reports: list[DriftReport | Skipped] = []
     for day in days:
+        skipped = warm_up_skip(day, first, judged_from, "drift is judged from that day on")
+        if skipped is not None:
+            reports.append(skipped)
+            continue
         scores = read_scored(settings.snapshot_path, day, day)
         if scores.empty:
             raise MonitoringError(
@@ -257,7 +369,19 @@ def measure_drift(settings: Settings, days: Sequence[dt.date]) -> list[DriftRepo
             )
         version = int(scores["model_version"].iloc[0])
         if version not in references:
-            references[version] = load_reference(settings, str(scores["model_name"].iloc[0]), version)
+            name = str(scores["model_name"].iloc[0])
+            references[version] = load_reference(settings, name, version, judged_from)
+        if references[version].empty:
+            reports.append(
+                Skipped(
+                    day,
+                    f"warm-up: model v{version} learned only from days before {judged_from}, whose features "
+                    "were built on a partial history; drift is judged against a model that learned from "
+                    "later days",
+                    {"warm_up_until": judged_from.isoformat()},
+                )
+            )
+            continue
         features = load_feature_rows(settings.lake, day, day)
         current = features.merge(scores[["transaction_id", SCORE]], on="transaction_id", how="inner")
         if len(current) != len(features):
@@ -388,11 +512,39 @@ def performance_report(labelled: pd.DataFrame, evaluated_on: dt.date) -> Perform
     )
 
 
-def measure_performance(settings: Settings, evaluated_on: dt.date) -> PerformanceReport:
-    """What was scored in the trend window (snapshot), labelled by the reports up to ``evaluated_on``."""
+def performance_judged_from(first_day: dt.date) -> dt.date:
+    """The first day whose judged window starts after the warm-up."""
+    return warm_up_end(first_day) + dt.timedelta(days=LABEL_DELAY_DAYS + PERFORMANCE_WINDOW_DAYS - 1)
+
+
+def measure_performance(settings: Settings, evaluated_on: dt.date) -> PerformanceReport | Skipped:
+    """What was scored in the trend window (snapshot), labelled by the reports up to ``evaluated_on``.
+
+    Skipped during the warm-up, and while the lake lacks a report day that labels the judged window.
+    """
     from jobs.training.trainer import end_of_day, load_fraud_labels
 
-    _, end = judged_window(evaluated_on)
+    history = first_ingested_day(settings.lake)
+    if history is None:
+        return Skipped(evaluated_on, NO_HISTORY)
+    skipped = warm_up_skip(
+        evaluated_on,
+        history,
+        performance_judged_from(history),
+        f"performance is judged once its window (the {PERFORMANCE_WINDOW_DAYS} scored days ending "
+        f"{LABEL_DELAY_DAYS} days back) is past the warm-up",
+    )
+    if skipped is not None:
+        return skipped
+    start, end = judged_window(evaluated_on)
+    newest = newest_report_day(settings.lake)
+    missing = missing_report_days(start, end, newest)
+    if missing:
+        return Skipped(
+            evaluated_on,
+            immature_labels_message(f"model_performance on {evaluated_on}", start, end, newest, missing),
+            {"missing_report_days": ", ".join(d.isoformat() for d in missing)},
+        )
     first = end - dt.timedelta(days=TREND_DAYS - 1)
     scores = read_scored(settings.snapshot_path, first, end)
     fraud_ids, _ = load_fraud_labels(settings.lake, first, end_of_day(evaluated_on))
@@ -404,7 +556,7 @@ def measure_performance(settings: Settings, evaluated_on: dt.date) -> Performanc
 
 def _png(figure) -> bytes:
     """The figure as a 64-colour PNG: charts sit in the event log on every partition's materialization, and
-    a palette makes them a third of the size of full colour (about 20 KB)."""
+    a palette makes them much smaller than full colour."""
     from PIL import Image
 
     rendered = io.BytesIO()

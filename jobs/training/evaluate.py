@@ -1,4 +1,4 @@
-"""The model on the Fraud Detection Handbook's protocol (DESIGN.md §4), printed next to the published rows.
+"""The model on the Fraud Detection Handbook's protocol, printed next to the handbook's published rows.
 
 ``handbook``: train on the 7 days from 2018-07-25, 7 days of label delay, test on the 7 days after it,
 without the cards already known to be compromised (frauds up to test day - delay - 1). The last
@@ -8,31 +8,17 @@ on the whole week.
 ``production``: what ``fraud_model`` does, on the same test rows: ``PRODUCTION_TRAIN_DAYS`` days of history
 before a 7-day validation week that ends where the handbook's training week ends (labels known at the
 start of the test week), no refit.
+``imbalance``: the class-weighting strategies compared on validation days only, never the test week.
 
 Labels are the final ones, as in the handbook: a ``label`` column of a DataFrame, or every fraud report in
-the lake. Run ``python -m jobs.training.evaluate --lake PATH [--protocol ...]`` or ``txguard evaluate``.
+the lake, which must then hold the reports of the reporting delay after the last test day: before that,
+the evaluation refuses and names the missing report days (``jobs.training.maturity``). Run
+``python -m jobs.training.evaluate --lake PATH [--protocol ...]`` or ``txguard evaluate``.
 
 The published rows come from the handbook's own simulated data; a different draw of the same simulator has
 an easier or harder test week, so each protocol also prints the handbook's logistic regression refitted on
-the same rows and features. ``python -m benchmarks handbook_draws`` repeats both protocols on ten draws
-(seeds 0-9, CPU, default parameters, the 21-column feature set, mean ± sd):
-
-| protocol | AP | CP@100 | same-data logistic regression AP | AP gain over it |
-| --- | --- | --- | --- | --- |
-| handbook | 0.794 ± 0.024 | 0.360 ± 0.031 | 0.732 ± 0.034 | +0.063 |
-| production | 0.820 ± 0.020 | 0.364 ± 0.032 | 0.735 ± 0.033 | +0.085 |
-
-Every draw is ahead of every published row on both (seed 0: AP 0.753 and 0.786, CP@100 0.364 and 0.369).
-With the handbook's 15 features plus the amount ratios (18 columns) the same ten draws gave 0.681 ± 0.025
-(handbook protocol, behind XGBoost's 0.694) and 0.705 ± 0.023 (production). The gain is the terminal's
-reported frauds without the 7-day delay: the handbook assumes every label arrives a week late, while here
-a chargeback arrives 1 to 7 days after the fraud (jobs/simulation/simulator.py) and counts from its ``reported_at`` on,
-so the first reports flag a compromised terminal days before its delayed risk does. It was chosen on the
-model-selection week (+0.108 mean AP over the ten draws, 0.701 to 0.809), then measured on the test week;
-a data set whose labels all arrive after exactly 7 days would get nothing from it. Parameters were not tuned
-on any test week: on the selection week over the ten draws, 8 leaves with a 0.1 learning rate, 15 leaves,
-200 rows a leaf, square-root class weights or 0.6 of the features each moved mean AP by at most 0.015 and
-none gained more than 0.002, so the defaults stayed.
+the same rows and features. ``python -m benchmarks handbook_draws`` repeats both protocols over several
+draws; the README's "Models" section has the results.
 """
 
 from __future__ import annotations
@@ -48,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.features.definitions import TERMINAL_DELAY_DAYS
+from jobs.training.maturity import ImmatureLabels, require_mature_labels
 from jobs.training.metrics import HoldoutMetrics, holdout_metrics
 from jobs.training.trainer import (
     DAY,
@@ -60,7 +47,6 @@ from jobs.training.trainer import (
     build_holdout,
     end_of_day,
     evaluate_holdout,
-    feature_days,
     feature_matrix,
     fit_fixed_rounds,
     load_feature_rows,
@@ -120,7 +106,12 @@ def protocol_window(protocol: Protocol, week_start: dt.date = HANDBOOK_TRAIN_STA
 
 
 def labelled_features(source: pd.DataFrame | str, start: dt.date, end: dt.date) -> pd.DataFrame:
-    """Feature rows from ``start`` to ``end`` with final labels, from a DataFrame or a lake path."""
+    """Feature rows from ``start`` to ``end`` with final labels, from a DataFrame or a lake path.
+
+    From a lake, the labels are every fraud report it holds, and the lake must hold the reports of the
+    whole reporting delay after ``end`` (``ImmatureLabels`` names the missing days): with fewer, frauds
+    still to be reported count as genuine and every metric reads too low.
+    """
     if isinstance(source, pd.DataFrame):
         validate_feature_frame(source, "feature table")
         if LABEL not in source.columns:
@@ -131,8 +122,8 @@ def labelled_features(source: pd.DataFrame | str, start: dt.date, end: dt.date) 
             (days >= pd.Timestamp(start).to_datetime64()) & (days <= pd.Timestamp(end).to_datetime64())
         ]
         return frame.reset_index(drop=True)
-    newest = max([end, *feature_days(source)[-1:]])
     frame = load_feature_rows(source, start, end)
+    newest = require_mature_labels(source, start, end, f"lake {source}")
     fraud, _ = load_fraud_labels(source, start, end_of_day(newest))
     frame[LABEL] = frame["transaction_id"].isin(fraud).astype("int8")
     return frame
@@ -262,18 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=["handbook", "production", "both", "imbalance"], default="both")
     parser.add_argument("--device", choices=["auto", "cpu", "gpu", "cuda"], default="auto")
     args = parser.parse_args(argv)
-    if args.protocol == "imbalance":
-        for protocol in ("handbook", "production"):
-            for strategy, (m, rounds) in compare_imbalance(
-                args.lake, protocol=protocol, device=args.device
-            ).items():
-                print(
-                    f"{protocol} validation, {strategy:>8}: AP {m.average_precision:.4f}, "
-                    f"AUC {m.roc_auc:.4f}, CP@100 {m.card_precision_at_100:.4f}, {rounds} rounds"
-                )
-        return 0
-    protocols: list[Protocol] = ["handbook", "production"] if args.protocol == "both" else [args.protocol]
-    print(format_results([run_protocol(args.lake, p, device=args.device) for p in protocols]))
+    try:
+        if args.protocol == "imbalance":
+            for protocol in ("handbook", "production"):
+                for strategy, (m, rounds) in compare_imbalance(
+                    args.lake, protocol=protocol, device=args.device
+                ).items():
+                    print(
+                        f"{protocol} validation, {strategy:>8}: AP {m.average_precision:.4f}, "
+                        f"AUC {m.roc_auc:.4f}, CP@100 {m.card_precision_at_100:.4f}, {rounds} rounds"
+                    )
+            return 0
+        protocols: list[Protocol] = ["handbook", "production"] if args.protocol == "both" else [args.protocol]
+        print(format_results([run_protocol(args.lake, p, device=args.device) for p in protocols]))
+    except (TrainingDataError, ImmatureLabels) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The three holdout metrics of DESIGN.md §4, computed one way for training, promotion and evaluation.
+"""The three holdout metrics (ROC AUC, AP, CP@100), computed one way for training, promotion and evaluation.
 
 ROC AUC and average precision follow the usual definitions (AP as the step-wise sum over distinct score
 thresholds, the same value scikit-learn reports); card precision@k follows the Fraud Detection Handbook:

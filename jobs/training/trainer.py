@@ -8,21 +8,10 @@ Why the choices:
   split is later in time than the one it is judged against.
 - Same data and parameters give the same model bytes on CPU (``deterministic``, ``force_col_wise``, fixed
   ``num_threads`` and seed), which is what makes a registered version reproducible.
-- Class imbalance: measured on handbook-size simulated data (jobs/simulation/simulator.py, seed 0; features from the
-  DuckDB reference query), validation metrics only, never the test week:
-
-  | validation (train days) | weighting | AP | AUC | CP@100 | rounds |
-  | --- | --- | --- | --- | --- | --- |
-  | 07-25..07-31 (28 days before) | none | 0.7054 | 0.8815 | 0.414 | 211 |
-  | | balanced (scale_pos_weight = neg/pos) | 0.6888 | 0.8790 | 0.411 | 376 |
-  | | sqrt (its square root) | 0.6992 | 0.8796 | 0.407 | 219 |
-  | 07-30..07-31 (07-25..07-29) | none | 0.7315 | 0.9034 | 0.525 | 178 |
-  | | balanced | 0.7307 | 0.9034 | 0.535 | 400 |
-  | | sqrt | 0.7292 | 0.9031 | 0.535 | 222 |
-
-  Re-weighting never ranks frauds better (AP is what the gate uses), needs up to twice the rounds and
-  distorts the scores as probabilities, so ``imbalance="none"``; the alert budget, not the class weight,
-  sets the operating point. ``python -m jobs.training.evaluate --lake PATH --protocol imbalance`` reruns it.
+- Class imbalance: no re-weighting (``imbalance="none"``). On validation days (never a test week) neither
+  ``balanced`` nor ``sqrt`` ranked frauds better (AP is what the gate uses); they needed more rounds and
+  distort the scores as probabilities. The alert budget, not the class weight, sets the operating point.
+  ``python -m jobs.training.evaluate --lake PATH --protocol imbalance`` reruns the comparison.
 - The decision threshold is the lowest score at which the validation days would have raised at most
   ``alert_budget`` card alerts a day on average (investigators review cards, not transactions).
 """
@@ -48,6 +37,7 @@ from jobs.features.definitions import (
 )
 from jobs.platform import storage
 from jobs.platform.layout import RAW_FRAUD_REPORTS, TRANSACTION_FEATURES, dataset_uri, partition_uri
+from jobs.training.maturity import partition_days
 from jobs.training.metrics import HoldoutMetrics, MetricError, holdout_metrics
 
 if TYPE_CHECKING:
@@ -140,18 +130,7 @@ def matured_window(
 
 def feature_days(lake: str) -> list[dt.date]:
     """The days that have a feature partition in the lake, in order."""
-    fs, path = storage.filesystem(dataset_uri(lake, TRANSACTION_FEATURES))
-    if not fs.exists(path):
-        return []
-    days = []
-    for entry in fs.ls(path, detail=False):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith("date="):
-            try:
-                days.append(dt.date.fromisoformat(name.removeprefix("date=")))
-            except ValueError:
-                continue
-    return sorted(days)
+    return partition_days(lake, TRANSACTION_FEATURES)
 
 
 def _days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -346,7 +325,7 @@ _PROBE = """
 import sys
 
 for optional in ("sklearn", "pandas", "pyarrow", "dask", "matplotlib", "graphviz"):
-    sys.modules[optional] = None  # LightGBM imports these when present; the probe needs none (~3 s saved)
+    sys.modules[optional] = None  # LightGBM imports these when present; the probe starts faster without
 import lightgbm as lgb
 import numpy as np
 

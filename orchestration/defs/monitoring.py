@@ -1,22 +1,21 @@
 """Monitoring: drift and matured performance of the scoring model, retraining on demand, and alerts.
 
-``feature_drift`` and ``model_performance`` are thin over ``jobs.monitoring.monitors`` (thresholds, floors and why
-are documented there); each carries one check. ``retraining_sensor`` requests the retraining job when the
+``feature_drift`` and ``model_performance`` are thin over ``jobs.monitoring.monitors`` (thresholds, floors and
+why are documented there); each carries one check. ``retraining_sensor`` requests the retraining job when the
 latest drift check fails at error level or the performance check fails, at most once per cooldown.
 ``alert_on_run_failure`` and ``alert_on_failed_checks`` turn failed runs and failing checks into alerts
 (``jobs.monitoring.alerts``: a warehouse record, and a webhook POST when one is configured).
 
 The webhook URL is a secret. ``AlertWebhook`` is registered with no value, so the code location loads when
 ``TXGUARD_ALERT_WEBHOOK_URL`` is unset (a resource field bound to ``dg.EnvVar`` fails at start-up when the
-variable is missing) and reads the variable only when an alert is sent. Its value therefore never enters a
-run's config, a tag or the event log; only its host appears in logs. A deployment that always sets it may
-bind ``AlertWebhook(webhook_url=dg.EnvVar(WEBHOOK_ENV))`` instead: Dagster then stores the variable's name,
-not its value.
+variable is missing) and takes it from the settings (a secret there too) only when an alert is sent. Its
+value therefore never enters a run's config, a tag or the event log; only its host appears in logs. A
+deployment that always sets it may bind ``AlertWebhook(webhook_url=dg.EnvVar(WEBHOOK_ENV))`` instead: Dagster
+then stores the variable's name, not its value.
 """
 
 import base64
 import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -37,8 +36,11 @@ from jobs.monitoring.monitors import (
     decide_retraining,
 )
 from jobs.platform.layout import parse_day
+from jobs.platform.settings import Settings, load_settings, variable
+from orchestration.defs.conventions import FRAUD_ML, source_version
 from orchestration.defs.training import weekly_retraining_job
 from orchestration.partitions import (
+    WAREHOUSE_POOL,
     daily_partitions,
     on_upstream_update,
     sensor_interval,
@@ -49,13 +51,14 @@ from orchestration.resources import TxguardSettings
 from orchestration.runs import partition_range_of
 
 if TYPE_CHECKING:
-    from jobs.monitoring.monitors import DriftReport, PerformanceReport
+    from jobs.monitoring.monitors import DriftReport, PerformanceReport, Skipped
 
 DRIFT_CHECK = dg.AssetCheckKey(dg.AssetKey("feature_drift"), "drift_psi")
 PERFORMANCE_CHECK = dg.AssetCheckKey(dg.AssetKey("model_performance"), "performance_floor")
-COOLDOWN_ENV = "TXGUARD_RETRAINING_COOLDOWN_HOURS"
-DEFAULT_COOLDOWN_HOURS = 24.0
+COOLDOWN_ENV = variable("retraining_cooldown_hours")
+DEFAULT_COOLDOWN_HOURS = Settings.model_fields["retraining_cooldown_hours"].default
 TRIGGER_TAG = "txguard/trigger"
+CODE_VERSION = source_version("jobs.monitoring.monitors")
 
 
 class AlertWebhook(dg.ConfigurableResource):
@@ -64,30 +67,38 @@ class AlertWebhook(dg.ConfigurableResource):
     webhook_url: str | None = Field(default=None, description=f"webhook URL (secret); default ${WEBHOOK_ENV}")
     timeout_seconds: float = Field(default=WEBHOOK_TIMEOUT_S, description="HTTP timeout of one POST")
 
-    def url(self) -> str | None:
-        return self.webhook_url or os.environ.get(WEBHOOK_ENV) or None
+    def url(self, settings: Settings) -> str | None:
+        return self.webhook_url or settings.alert_webhook()
 
 
 class RetrainingPolicy(dg.ConfigurableResource):
     """How often drift or a performance drop may request retraining."""
 
     cooldown_hours: float | None = Field(
-        default=None, description=f"hours between two requests; default ${COOLDOWN_ENV} or 24"
+        default=None,
+        description=f"hours between two requests; default ${COOLDOWN_ENV} or {DEFAULT_COOLDOWN_HOURS:g}",
     )
 
     def cooldown_seconds(self) -> float:
-        if self.cooldown_hours is not None:
-            return self.cooldown_hours * 3600
-        raw = os.environ.get(COOLDOWN_ENV, str(DEFAULT_COOLDOWN_HOURS))
-        try:
-            return float(raw) * 3600
-        except ValueError:
-            raise ValueError(f"{COOLDOWN_ENV}={raw!r}: expected a number of hours") from None
+        """This resource's cooldown, else the sensor process's setting (a ``SettingsError`` if invalid)."""
+        hours = self.cooldown_hours
+        return (load_settings().retraining_cooldown_hours if hours is None else hours) * 3600
 
 
 def png_markdown(title: str, png: bytes) -> dg.MetadataValue:
     """A chart the UI shows inline: markdown with the PNG as a data URI."""
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def skipped_check(key: dg.AssetCheckKey, skipped: "Skipped") -> dg.AssetCheckResult:
+    """A monitor that did not judge its day passes, saying why (warm-up, labels not mature)."""
+    return dg.AssetCheckResult(
+        check_name=key.name,
+        passed=True,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=skipped.description,
+        metadata=skipped.as_dict(),
+    )
 
 
 def drift_check(report: "DriftReport") -> dg.AssetCheckResult:
@@ -107,33 +118,51 @@ def drift_check(report: "DriftReport") -> dg.AssetCheckResult:
     group_name="monitoring",
     partitions_def=daily_partitions,
     backfill_policy=single_run_backfill,
+    pool=WAREHOUSE_POOL,
     deps=[dg.AssetKey("transaction_features"), dg.AssetKey("transaction_scores")],
     kinds={"python"},
+    owners=[FRAUD_ML],
+    code_version=CODE_VERSION,
+    description="Each day's PSI of every feature and of the score against the scoring model's training days.",
     automation_condition=on_upstream_update(),
     check_specs=[
         dg.AssetCheckSpec(
             DRIFT_CHECK.name,
             asset="feature_drift",
             automation_condition=with_its_asset("feature_drift"),
-            description=f"PSI of every feature and of the score on the run's last day: warn ≥ {PSI_WARN}, "
-            f"error ≥ {PSI_ERROR} (an error requests retraining)",
+            description=f"PSI of the features and of the comparable scores on the run's last day: warn ≥ "
+            f"{PSI_WARN}, error ≥ {PSI_ERROR} (an error requests retraining); passes, saying so, on a day of "
+            "the warm-up",
         )
     ],
 )
 def feature_drift(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
-    """PSI per feature and for the score, each day against the training reference of its scoring model."""
-    from jobs.monitoring.monitors import drift_chart, measure_drift
+    """PSI per feature and for the score, each day against the training reference of its scoring model;
+    days of the warm-up are skipped."""
+    from jobs.governance.audit import monitoring_results, record_monitoring
+    from jobs.monitoring.monitors import DriftReport, drift_chart, measure_drift
 
-    reports = measure_drift(settings.load(), [parse_day(key) for key in context.partition_keys])
-    last = reports[-1]
+    loaded = settings.load()
+    results = measure_drift(loaded, [parse_day(key) for key in context.partition_keys])
+    entries = monitoring_results("feature_drift", DRIFT_CHECK.name, results, context.run_id)
+    record_monitoring(loaded, entries, context.run_id)
+    reports = [r for r in results if isinstance(r, DriftReport)]
+    metadata: dict[str, object] = {"psi": dg.MetadataValue.json([r.as_dict() for r in results])}
+    if reports:
+        metadata["drift_chart"] = png_markdown("feature drift", drift_chart(reports))
+    last = results[-1]
+    if not isinstance(last, DriftReport):
+        context.log.info(last.description)
+        return dg.MaterializeResult(
+            metadata={**metadata, **last.as_dict()}, check_results=[skipped_check(DRIFT_CHECK, last)]
+        )
     context.log.info(f"{last.day}: worst PSI {last.worst[1]:.3f} ({last.worst[0]}), {last.level}")
     return dg.MaterializeResult(
         metadata={
+            **metadata,
             "max_psi": last.worst[1],
             "worst_feature": last.worst[0],
             "reference_model_version": last.model_version,
-            "psi": dg.MetadataValue.json([r.as_dict() for r in reports]),
-            "drift_chart": png_markdown("feature drift", drift_chart(reports)),
         },
         check_results=[drift_check(last)],
     )
@@ -166,11 +195,15 @@ _LABELS = dg.TimeWindowPartitionMapping(
     group_name="monitoring",
     partitions_def=daily_partitions,
     backfill_policy=single_run_backfill,
+    pool=WAREHOUSE_POOL,
     deps=[
         dg.AssetDep("transaction_scores", partition_mapping=_MATURED_SCORES),
         dg.AssetDep("raw_fraud_reports", partition_mapping=_LABELS),
     ],
     kinds={"python"},
+    owners=[FRAUD_ML],
+    code_version=CODE_VERSION,
+    description="ROC AUC, AP and CP@100 of the scores whose fraud labels have matured by the partition day.",
     automation_condition=on_upstream_update(),
     check_specs=[
         dg.AssetCheckSpec(
@@ -179,15 +212,25 @@ _LABELS = dg.TimeWindowPartitionMapping(
             automation_condition=with_its_asset("model_performance"),
             description=f"judged window (the {PERFORMANCE_WINDOW_DAYS} scored days ending {LABEL_DELAY_DAYS} "
             f"days back): ROC AUC ≥ {AUC_FLOOR} and AP ≥ {AP_FLOOR}; not judged under {MIN_JUDGED_FRAUDS} "
-            "frauds",
+            "frauds; passes, saying so, during the warm-up and while a report day that labels it is missing",
         )
     ],
 )
 def model_performance(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
-    """AUC, AP and CP@100 of what was scored, on the days whose labels have matured by the partition day."""
-    from jobs.monitoring.monitors import measure_performance, trend_chart
+    """AUC, AP and CP@100 of what was scored, on the days whose labels have matured by the partition day;
+    skipped during the warm-up and while a report day that labels them is missing."""
+    from jobs.governance.audit import monitoring_results, record_monitoring
+    from jobs.monitoring.monitors import Skipped, measure_performance, trend_chart
 
-    report = measure_performance(settings.load(), parse_day(context.partition_keys[-1]))
+    loaded = settings.load()
+    report = measure_performance(loaded, parse_day(context.partition_keys[-1]))
+    entries = monitoring_results("model_performance", PERFORMANCE_CHECK.name, [report], context.run_id)
+    record_monitoring(loaded, entries, context.run_id)
+    if isinstance(report, Skipped):
+        context.log.info(report.description)
+        return dg.MaterializeResult(
+            metadata=report.as_dict(), check_results=[skipped_check(PERFORMANCE_CHECK, report)]
+        )
     context.log.info(report.summary())
     return dg.MaterializeResult(
         metadata={
@@ -305,9 +348,9 @@ def deliver(
 ) -> None:
     from jobs.monitoring.alerts import raise_alert
 
-    warehouse = settings.load().warehouse_path
+    loaded = settings.load()
     for alert in alerts:
-        delivery = raise_alert(warehouse, alert, alerting.url(), alerting.timeout_seconds)
+        delivery = raise_alert(loaded.warehouse_path, alert, alerting.url(loaded), alerting.timeout_seconds)
         context.log.info(
             f"alert {alert.alert_id} ({alert.title}): {delivery.recorded}; webhook {delivery.webhook}"
         )

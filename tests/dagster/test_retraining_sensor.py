@@ -1,10 +1,10 @@
-"""The retraining sensor: the simulator's drift makes ``feature_drift`` error, the sensor then requests the
-retraining job once, and not again within the cooldown.
+"""The retraining sensor: quiet through the calm week before the simulator's drift, then the drift makes
+``feature_drift`` error, and the sensor requests the retraining job once, and not again within the cooldown.
 
 The world is the simulator with its drift option, handbook features in a lake, a LightGBM model trained on
 the days before the drift, its scores in a real DuckDB warehouse and its reference sample in the lake's
-reference cache (built from the registry is covered by test_monitoring); Dagster runs on a temporary
-instance.
+reference cache (built from the registry is covered by tests/monitoring/test_monitors.py); Dagster runs on a
+temporary instance.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -27,7 +26,18 @@ from orchestration.defs.monitoring import (
     retraining_sensor,
 )
 from orchestration.defs.training import fraud_model, model_promotion, weekly_retraining_job
-from tests.monitoring.test_monitors import CALM_DAY, DRIFT_FROM, simulated_transactions
+from orchestration.runs import partition_range_tags
+from tests.support import (
+    CALM_WEEK,
+    DRIFT_FROM,
+    drifted_transactions,
+    handbook_features,
+    materialize,
+    single_check,
+    small_booster,
+    use_world,
+    write_feature_lake,
+)
 
 DAY_S = 86_400.0
 
@@ -77,60 +87,62 @@ def test_the_sensor_requests_the_training_and_promotion_job() -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    import lightgbm as lgb
-
-    from jobs.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION
+    from jobs.features.definitions import FEATURE_SET_VERSION
     from jobs.monitoring.monitors import build_reference, reference_uri
     from jobs.platform import storage
     from jobs.platform.settings import load_settings
     from jobs.platform.warehouse import publish_snapshot
-    from jobs.registry.registry import MODEL_NAME, ModelRef
+    from jobs.registry.aliases import ModelRef
+    from jobs.registry.client import MODEL_NAME
     from jobs.scoring.batch import score_days
-    from tests.training.test_trainer import handbook_features, write_lake
 
     root = tmp_path_factory.mktemp("retraining-world")
-    tx = simulated_transactions()
+    tx = drifted_transactions()
     features = handbook_features(tx)
     lake = root / "lake"
-    write_lake(lake, tx, features)
+    write_feature_lake(lake, tx, features)
     start, end = DRIFT_FROM - dt.timedelta(days=28), DRIFT_FROM - dt.timedelta(days=8)
     days = features["tx_datetime"].dt.date
     train = features[(days >= start) & (days <= end)]
     label = tx.set_index("transaction_id").loc[train["transaction_id"], "fraud"].to_numpy()
-    data = lgb.Dataset(train[list(FEATURE_COLUMNS)].to_numpy(), label, feature_name=list(FEATURE_COLUMNS))
-    params = {"objective": "binary", "num_leaves": 15, "num_threads": 1, "deterministic": True, "verbose": -1}
-    booster = lgb.train(params, data, num_boost_round=30)
+    booster = small_booster(train, label, rounds=30)
     model = ModelRef(MODEL_NAME, 1, "run", "0" * 64, 0.5, FEATURE_SET_VERSION, "file:///unused")
     reference = build_reference(str(lake), model, booster, start, end)
     storage.write_parquet_atomic(pa.Table.from_pandas(reference), reference_uri(str(lake), MODEL_NAME, 1))
     warehouse = root / "warehouse" / "txguard.duckdb"
     settings = load_settings(home=root, lake_root=str(lake), warehouse=warehouse)
-    scored = [CALM_DAY, DRIFT_FROM + dt.timedelta(days=1)]
+    first_calm = CALM_WEEK[0]
+    scored = [first_calm + dt.timedelta(days=i) for i in range((DRIFT_FROM - first_calm).days + 1)]
     now = dt.datetime.now(dt.UTC)
-    score_days(settings, scored, model, booster, run_id="world", scored_at=now, explain="none")
+    score_days(settings, scored, model, booster, run_id="world", run_created_at=now, explain="none")
     publish_snapshot(settings.warehouse_path, settings.snapshot_path)
     return {"lake": str(lake), "warehouse": str(warehouse)}
 
 
 @pytest.fixture
-def instance(world, txguard_home: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TXGUARD_LAKE_ROOT", world["lake"])
-    monkeypatch.setenv("TXGUARD_WAREHOUSE", world["warehouse"])
-    with dg.instance_for_test(temp_dir=str(txguard_home / "dagster")) as instance:
-        yield instance
+def instance(
+    world, dagster_instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> dg.DagsterInstance:
+    use_world(world, monkeypatch)
+    return dagster_instance
 
 
 def measure_drift_on(day: dt.date, instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
-    from orchestration.resources import TxguardSettings
-
-    result = dg.materialize(
-        [feature_drift],
-        partition_key=day.isoformat(),
-        instance=instance,
-        resources={"settings": TxguardSettings()},
+    result = materialize(
+        [feature_drift], partition_key=day.isoformat(), instance=instance, raise_on_error=True
     )
-    (evaluation,) = result.get_asset_check_evaluations()
-    return evaluation
+    return single_check(result)
+
+
+def measure_calm_week(instance: dg.DagsterInstance) -> dg.AssetCheckEvaluation:
+    """The seven calm days in one run; every one of them must be quiet, not only the last that is checked."""
+    first, last = (day.isoformat() for day in CALM_WEEK)
+    result = materialize(
+        [feature_drift], tags=partition_range_tags(first, last), instance=instance, raise_on_error=True
+    )
+    days = result.asset_materializations_for_node("feature_drift")[0].metadata["psi"].value
+    assert len(days) == 7 and all(d["level"] == "ok" for d in days), days
+    return single_check(result)
 
 
 def tick(instance: dg.DagsterInstance, cursor: str | None, cooldown_hours: float = 24):
@@ -143,12 +155,12 @@ def tick(instance: dg.DagsterInstance, cursor: str | None, cooldown_hours: float
 
 
 def test_simulated_drift_requests_retraining_once_per_cooldown(instance) -> None:
-    calm = measure_drift_on(CALM_DAY, instance)
+    calm = measure_calm_week(instance)
     assert calm.passed, calm.description
     quiet = tick(instance, None)
     assert isinstance(quiet, dg.SkipReason) and "no new failing" in quiet.skip_message
 
-    drifted = measure_drift_on(DRIFT_FROM + dt.timedelta(days=1), instance)
+    drifted = measure_drift_on(DRIFT_FROM, instance)
     assert not drifted.passed and drifted.severity == dg.AssetCheckSeverity.ERROR
     fired = tick(instance, None)
     assert isinstance(fired, dg.SensorResult), fired
@@ -160,7 +172,7 @@ def test_simulated_drift_requests_retraining_once_per_cooldown(instance) -> None
 
     same = tick(instance, fired.cursor)
     assert isinstance(same, dg.SkipReason) and "no new failing" in same.skip_message
-    measure_drift_on(DRIFT_FROM + dt.timedelta(days=1), instance)
+    measure_drift_on(DRIFT_FROM, instance)
     cooling = tick(instance, fired.cursor)
     assert isinstance(cooling, dg.SkipReason) and "cooldown" in cooling.skip_message
     after = tick(instance, fired.cursor, cooldown_hours=0)

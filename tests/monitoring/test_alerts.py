@@ -204,15 +204,9 @@ def alert_on_a_failing_check(instance: dg.DagsterInstance, alerting: AlertWebhoo
         alert_on_failed_checks(context)
 
 
-@pytest.fixture
-def instance(txguard_home: Path) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(txguard_home / "dagster")) as instance:
-        yield instance
-
-
-def test_a_failed_run_raises_an_alert_with_its_failed_step(hook: Hook, instance, monkeypatch) -> None:
+def test_a_failed_run_raises_an_alert_with_its_failed_step(hook: Hook, dagster_instance, monkeypatch) -> None:
     monkeypatch.setenv("TXGUARD_ALERT_WEBHOOK_URL", hook.url())
-    run_id = alert_on_a_failed_run(instance)
+    run_id = alert_on_a_failed_run(dagster_instance)
     (request,) = hook.received
     body = request["body"]
     assert body["kind"] == "run_failure" and body["alert_id"] == f"run:{run_id}"
@@ -222,9 +216,11 @@ def test_a_failed_run_raises_an_alert_with_its_failed_step(hook: Hook, instance,
     assert row["alert_id"] == f"run:{run_id}" and row["webhook"].endswith("HTTP 200")
 
 
-def test_a_failing_check_in_a_successful_run_raises_a_warning(hook: Hook, instance, monkeypatch) -> None:
+def test_a_failing_check_in_a_successful_run_raises_a_warning(
+    hook: Hook, dagster_instance, monkeypatch
+) -> None:
     monkeypatch.setenv("TXGUARD_ALERT_WEBHOOK_URL", hook.url())
-    alert_on_a_failing_check(instance)
+    alert_on_a_failing_check(dagster_instance)
     (request,) = hook.received
     body = request["body"]
     assert body["kind"] == "check_failure" and body["severity"] == "warning"

@@ -2,7 +2,8 @@
 
 The data is a small simulation in the handbook's style (customers and terminals on a map, the three fraud
 scenarios) with handbook features computed in pandas, written to a temporary lake in the documented
-layout; the simulator and the Spark feature job are tested elsewhere.
+layout (``tests/support.py``, through the ``handbook_*`` fixtures of ``tests/conftest.py``); the simulator
+and the Spark feature job are tested elsewhere.
 """
 
 from __future__ import annotations
@@ -14,19 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from jobs.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION, FeatureSetMismatch, amount_ratio
+from jobs.features.definitions import FEATURE_COLUMNS, FeatureSetMismatch
 from jobs.platform import storage
 from jobs.platform.layout import RAW_FRAUD_REPORTS, TRANSACTION_FEATURES, partition_uri
-from jobs.testing.reference_features import add_recent_reports
 from jobs.training.trainer import (
     DAY,
     LABEL,
     DeviceUnavailable,
     TrainingDataError,
-    TrainingParams,
     assemble_training_set,
     build_holdout,
     choose_threshold,
@@ -40,121 +38,16 @@ from jobs.training.trainer import (
     train_model,
     with_day,
 )
-
-START = dt.date(2018, 4, 1)
-FAST = TrainingParams(num_threads=1, learning_rate=0.1)
-"""One thread: no OpenMP spinning when the test machine's two cores are busy; same bytes either way."""
-
-
-def simulate(
-    n_customers: int = 600,
-    n_terminals: int = 1000,
-    n_days: int = 60,
-    radius: float = 10.0,
-    compromised_terminals_per_day: float = 0.3,
-    compromised_customers_per_day: float = 1.0,
-    seed: int = 7,
-    start: dt.date = START,
-) -> pd.DataFrame:
-    """Transactions with the handbook's generative story and its three fraud scenarios, plus reports."""
-    rng = np.random.default_rng(seed)
-    cust_xy = rng.uniform(0, 100, (n_customers, 2))
-    term_xy = rng.uniform(0, 100, (n_terminals, 2))
-    mean_amount = rng.uniform(5, 100, n_customers)
-    mean_nb = rng.uniform(0, 4, n_customers)
-    near = np.linalg.norm(cust_xy[:, None, :] - term_xy[None, :, :], axis=2) < radius
-    counts = near.sum(axis=1)
-    offsets = np.r_[0, np.cumsum(counts)[:-1]]
-    flat_terminals = np.nonzero(near)[1]
-
-    per_day = rng.poisson(np.tile(mean_nb, n_days))
-    customer = np.repeat(np.tile(np.arange(n_customers), n_days), per_day)
-    day = np.repeat(np.repeat(np.arange(n_days), n_customers), per_day)
-    seconds = rng.normal(86400 / 2, 20000, len(customer))
-    amount = rng.normal(mean_amount[customer], mean_amount[customer] / 2)
-    negative = amount < 0
-    amount[negative] = rng.uniform(0, 2 * mean_amount[customer[negative]])
-    keep = (seconds > 0) & (seconds < 86400) & (counts[customer] > 0)
-    customer, day, seconds, amount = customer[keep], day[keep], seconds[keep], amount[keep]
-    terminal = flat_terminals[offsets[customer] + (rng.random(len(customer)) * counts[customer]).astype(int)]
-
-    fraud = amount > 220
-    for start_day in range(n_days):
-        for t in rng.choice(n_terminals, rng.poisson(compromised_terminals_per_day), replace=False):
-            fraud |= (terminal == t) & (day >= start_day) & (day < start_day + 28)
-        for c in rng.choice(n_customers, rng.poisson(compromised_customers_per_day), replace=False):
-            window = np.flatnonzero((customer == c) & (day >= start_day) & (day < start_day + 14))
-            chosen = rng.choice(window, len(window) // 3, replace=False) if len(window) >= 3 else window[:0]
-            amount[chosen] *= 5
-            fraud[chosen] = True
-
-    stamps = (
-        pd.Timestamp(start, tz="UTC") + pd.to_timedelta(day, "D") + pd.to_timedelta(seconds.astype(int), "s")
-    )
-    tx = pd.DataFrame(
-        {
-            "tx_datetime": stamps.astype("datetime64[us, UTC]"),
-            "customer_id": customer.astype(np.int64),
-            "terminal_id": terminal.astype(np.int64),
-            "tx_amount": np.round(amount, 2),
-            "fraud": fraud,
-        }
-    ).sort_values("tx_datetime", kind="mergesort")
-    tx.insert(0, "transaction_id", np.arange(len(tx), dtype=np.int64))
-    report_delay = pd.to_timedelta(rng.uniform(3600, 6 * 86400, len(tx)).astype(int), "s")
-    tx["reported_at"] = (tx["tx_datetime"] + report_delay).where(tx["fraud"])
-    return tx.reset_index(drop=True)
-
-
-def handbook_features(tx: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
-    """The feature set, point in time, with the handbook's pandas rolling windows."""
-    out = tx[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]].copy()
-    out["tx_during_weekend"] = (tx["tx_datetime"].dt.weekday >= 5).astype(np.int64)
-    out["tx_during_night"] = (tx["tx_datetime"].dt.hour <= 6).astype(np.int64)
-    by_customer = tx.sort_values(["customer_id", "tx_datetime"], kind="mergesort")
-    indexed = by_customer.set_index("tx_datetime").groupby("customer_id")["tx_amount"]
-    for w in (1, 7, 30):
-        rolling = indexed.rolling(f"{w}D")
-        out.loc[by_customer.index, f"customer_id_nb_tx_{w}day_window"] = rolling.count().to_numpy()
-        out.loc[by_customer.index, f"customer_id_avg_amount_{w}day_window"] = rolling.mean().to_numpy()
-    for w in (1, 7, 30):
-        out[f"customer_id_amount_ratio_{w}day_window"] = amount_ratio(
-            out["tx_amount"], out[f"customer_id_avg_amount_{w}day_window"]
-        )
-    by_terminal = tx.sort_values(["terminal_id", "tx_datetime"], kind="mergesort")
-    frauds = (
-        by_terminal.assign(f=by_terminal["fraud"].astype(float))
-        .set_index("tx_datetime")
-        .groupby("terminal_id")
-    )
-    nb_delay = frauds["f"].rolling(f"{delay}D").count().to_numpy()
-    fr_delay = frauds["f"].rolling(f"{delay}D").sum().to_numpy()
-    for w in (1, 7, 30):
-        nb = frauds["f"].rolling(f"{delay + w}D").count().to_numpy() - nb_delay
-        fr = frauds["f"].rolling(f"{delay + w}D").sum().to_numpy() - fr_delay
-        out.loc[by_terminal.index, f"terminal_id_nb_tx_{w}day_window"] = nb
-        out.loc[by_terminal.index, f"terminal_id_risk_{w}day_window"] = np.where(
-            nb > 0, fr / np.maximum(nb, 1), 0
-        )
-    add_recent_reports(out, tx[tx["reported_at"].notna()])
-    out[list(FEATURE_COLUMNS)] = out[list(FEATURE_COLUMNS)].astype(np.float64)
-    out["feature_set_version"] = FEATURE_SET_VERSION
-    return out
-
-
-def write_lake(lake: Path, tx: pd.DataFrame, features: pd.DataFrame) -> None:
-    """Feature partitions by transaction day, report partitions by arrival day, as the pipeline does."""
-    feature_day = features["tx_datetime"].dt.date
-    for day, rows in features.groupby(feature_day):
-        table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-        storage.write_parquet_atomic(table, partition_uri(str(lake), TRANSACTION_FEATURES, day))
-    reports = tx.loc[tx["fraud"], ["transaction_id", "reported_at"]].reset_index(drop=True)
-    reports["extras"] = None
-    reports["source_file"] = "fraud_reports/generated.csv"
-    reports["ingest_run_id"] = "test"
-    for day, rows in reports.groupby(reports["reported_at"].dt.date):
-        table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-        storage.write_parquet_atomic(table, partition_uri(str(lake), RAW_FRAUD_REPORTS, day))
+from tests.support import (
+    FAST,
+    START,
+    handbook_features,
+    handbook_transactions,
+    latest_window,
+    write_feature_lake,
+    write_feature_partition,
+    write_raw_partition,
+)
 
 
 def labelled(tx: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
@@ -163,30 +56,6 @@ def labelled(tx: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
     return with_day(
         features.assign(**{LABEL: fraud.loc[features["transaction_id"]].to_numpy().astype(np.int8)})
     )
-
-
-@pytest.fixture(scope="module")
-def simulated() -> tuple[pd.DataFrame, pd.DataFrame]:
-    tx = simulate()
-    return tx, handbook_features(tx)
-
-
-@pytest.fixture(scope="module")
-def lake(simulated, tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("lake")
-    write_lake(root, *simulated)
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def training_set(lake: str):
-    days = feature_days(lake)
-    return assemble_training_set(lake, matured_window(days[-1], earliest_day=days[0]))
-
-
-@pytest.fixture(scope="module")
-def trained(training_set):
-    return train_model(training_set, FAST, device="cpu")
 
 
 def test_matured_window_keeps_splits_in_time_order_and_labels_matured() -> None:
@@ -203,13 +72,13 @@ def test_matured_window_keeps_splits_in_time_order_and_labels_matured() -> None:
         matured_window(dt.date(2018, 4, 20), earliest_day=dt.date(2018, 4, 1))
 
 
-def test_assembly_labels_only_reports_known_at_the_cutoff(lake: str, simulated) -> None:
-    tx, _ = simulated
-    days = feature_days(lake)
+def test_assembly_labels_only_reports_known_at_the_cutoff(handbook_lake: str, handbook_data) -> None:
+    tx, _ = handbook_data
+    days = feature_days(handbook_lake)
     assert days[0] == START and len(days) == 60
     latest = days[-1]
     window = matured_window(latest, earliest_day=days[0])
-    data = assemble_training_set(lake, window)
+    data = assemble_training_set(handbook_lake, window)
     ids = pd.concat([data.train, data.validation])["transaction_id"]
     truth = tx.set_index("transaction_id").loc[ids]
     known = truth["fraud"] & (truth["reported_at"] <= pd.Timestamp(window.label_cutoff))
@@ -217,8 +86,10 @@ def test_assembly_labels_only_reports_known_at_the_cutoff(lake: str, simulated) 
     assert data.train[DAY].max() < data.validation[DAY].min()
     assert data.validation[DAY].max() < data.holdout.frame[DAY].min()
     late = matured_window(latest - dt.timedelta(days=10), earliest_day=days[0])
-    early = assemble_training_set(lake, replace(late, label_cutoff=late.label_cutoff - dt.timedelta(days=40)))
-    assert early.train[LABEL].sum() < assemble_training_set(lake, late).train[LABEL].sum()
+    early = assemble_training_set(
+        handbook_lake, replace(late, label_cutoff=late.label_cutoff - dt.timedelta(days=40))
+    )
+    assert early.train[LABEL].sum() < assemble_training_set(handbook_lake, late).train[LABEL].sum()
 
 
 def test_holdout_drops_cards_known_compromised_before_each_day() -> None:
@@ -345,33 +216,30 @@ def _copy_lake_with(lake: str, tmp_path: Path, day: dt.date, change) -> tuple[st
     copy = tmp_path / "lake"
     shutil.copytree(lake, copy)
     uri = partition_uri(str(copy), TRANSACTION_FEATURES, day)
-    frame = storage.read_parquet(uri).to_pandas()
-    storage.write_parquet_atomic(pa.Table.from_pandas(change(frame), preserve_index=False), uri)
+    write_feature_partition(copy, change(storage.read_parquet(uri).to_pandas()), day)
     return str(copy), uri
 
 
-def test_feature_set_version_mismatch_names_file_and_row(lake: str, tmp_path: Path) -> None:
-    days = feature_days(lake)
-    window = matured_window(days[-1], earliest_day=days[0])
+def test_feature_set_version_mismatch_names_file_and_row(handbook_lake: str, tmp_path: Path) -> None:
+    window = latest_window(handbook_lake)
 
     def stale(frame: pd.DataFrame) -> pd.DataFrame:
         frame.loc[4, "feature_set_version"] = "fs-000000000000"
         return frame
 
-    copy, uri = _copy_lake_with(lake, tmp_path, window.validation_start, stale)
+    copy, uri = _copy_lake_with(handbook_lake, tmp_path, window.validation_start, stale)
     with pytest.raises(FeatureSetMismatch, match=rf"{uri}, row 5: feature-set version fs-000000000000"):
         assemble_training_set(copy, window)
 
 
-def test_nan_feature_names_file_row_and_column(lake: str, tmp_path: Path) -> None:
-    days = feature_days(lake)
-    window = matured_window(days[-1], earliest_day=days[0])
+def test_nan_feature_names_file_row_and_column(handbook_lake: str, tmp_path: Path) -> None:
+    window = latest_window(handbook_lake)
 
     def hole(frame: pd.DataFrame) -> pd.DataFrame:
         frame.loc[2, "terminal_id_risk_7day_window"] = np.nan
         return frame
 
-    copy, uri = _copy_lake_with(lake, tmp_path, window.train_end, hole)
+    copy, uri = _copy_lake_with(handbook_lake, tmp_path, window.train_end, hole)
     with pytest.raises(TrainingDataError, match=rf"{uri}, row 3: terminal_id_risk_7day_window is null"):
         assemble_training_set(copy, window)
 
@@ -420,11 +288,13 @@ def test_a_probe_that_crashes_costs_a_fallback_not_the_run(monkeypatch: pytest.M
 
 @pytest.fixture(scope="module")
 def summer(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """A simulation covering the protocols' days (production training from 06-27, test to 08-14)."""
-    tx = simulate(n_days=56, start=dt.date(2018, 6, 20), seed=11)
+    """A simulation covering the protocols' days (production training from 06-27, test to 08-14), and the
+    report days of the week after the test, as ingest leaves them (the last one has no reports)."""
+    tx = handbook_transactions(n_days=56, start=dt.date(2018, 6, 20), seed=11)
     features = handbook_features(tx)
     root = tmp_path_factory.mktemp("summer-lake")
-    write_lake(root, tx, features)
+    write_feature_lake(root, tx, features)
+    write_raw_partition(root, RAW_FRAUD_REPORTS, dt.date(2018, 8, 21), [])
     return tx, features, str(root)
 
 
@@ -460,13 +330,13 @@ def test_evaluation_protocols_follow_the_handbook_and_print_next_to_the_publishe
     assert "ahead of every published row on AP and CP@100" in text
 
 
-def test_the_same_data_baseline_is_the_handbooks_logistic_regression(simulated) -> None:
+def test_the_same_data_baseline_is_the_handbooks_logistic_regression(handbook_data) -> None:
     from sklearn import linear_model
 
     from jobs.training.evaluate import logistic_regression_scores
     from jobs.training.metrics import roc_auc
 
-    frame = labelled(*simulated)
+    frame = labelled(*handbook_data)
     train, test = frame.iloc[:20_000], frame.iloc[20_000:30_000]
     ours = logistic_regression_scores(train, test)
     x = train[list(FEATURE_COLUMNS)].to_numpy()
