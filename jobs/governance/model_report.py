@@ -1,17 +1,18 @@
 """Technical documentation of a model version, shaped like the EU AI Act's Annex IV, generated from records.
 
-Nothing in the document is written by hand for one model: every number, window, digest, check and decision
-comes from the audit records (and the MLflow run's plots when the tracking store is reachable; otherwise the
-plots are drawn from the records), so the document can be regenerated at any time and says the same thing.
+Nothing in the document is written by hand for one model: every number, window, digest, check, decision and
+monitoring verdict comes from the audit records (and the MLflow run's plots when the tracking store is
+reachable; otherwise the plots are drawn from the records), so the document can be regenerated at any time and
+says the same thing. The HTML page is drawn from ``templates/model_report.html.j2``.
 
-    write_model_report(connection, version, out_dir, model_name=None, tracking_uri=None) -> ReportFiles
+    write_model_report(connection, version, out_dir, model_name=None, tracking_uri=None, links=None)
+        -> ReportFiles
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
 import json
 import logging
 from collections.abc import Sequence
@@ -20,15 +21,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.features.definitions import FEATURE_COLUMNS, FORMULAS, TERMINAL_DELAY_DAYS, WINDOWS_DAYS
-from jobs.governance.audit import SCHEMA, verify_chain
-from jobs.governance.lineage import fetch_records, html_page, model_lineage
+from jobs.governance.audit import SCHEMA, MonitoringResult, verify_chain
+from jobs.governance.lineage import (
+    UiLinks,
+    dagster_run_url,
+    fetch_records,
+    model_lineage,
+    relation_exists,
+    render_page,
+)
 
 if TYPE_CHECKING:
     import duckdb
 
 log = logging.getLogger(__name__)
-
-MONITORING_TOOLS = ("drift", "performance", "monitoring")
 
 INTENDED_PURPOSE = (
     "Scores each card transaction of a business day with a fraud risk, in a daily batch, so that fraud "
@@ -53,14 +59,16 @@ METHOD = (
     "holdout (the promotion gate), and every such decision is recorded."
 )
 OVERSIGHT = (
-    "People act on the model with `txguard promote <version>`, `txguard rollback` and `txguard rescore`; "
-    "each action is recorded with its actor and reason. Scored rows carry the model name and version, and "
+    'People act on the model with `txguard promote --version N --reason "..."`, `txguard rollback '
+    '--reason "..."` and `txguard rescore --from D --to D`; each action is recorded with its actor and '
+    "reason. Scored rows carry the model name and version, and "
     "`txguard lineage transaction <id>` explains any single decision from the records."
 )
 MONITORING = (
     "Feature drift (PSI per feature against the training reference) and model performance (as labels "
-    "mature) are computed daily; a drift sensor requests retraining and a run-failure sensor alerts. "
-    "Every scored partition is recorded with the checks that gated it."
+    "mature) are computed daily; each verdict is an audit record, drift at error level or a performance "
+    "drop requests retraining, and a run-failure sensor alerts. Every scored partition is recorded with the "
+    "checks that gated it."
 )
 
 
@@ -149,7 +157,18 @@ def _mlflow_figures(tracking_uri: str, run_id: str, dest: Path) -> list[Path]:
     ]
 
 
-def _record_figures(metrics: dict[str, Any], scoring: list[dict[str, Any]], dest: Path) -> list[Path]:
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metrics as one level (``holdout.roc_auc``), for tables and plots."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _record_figures(metrics: dict[str, Any], scored_days: list[dict[str, Any]], dest: Path) -> list[Path]:
     """Plots drawn from the records: the training metrics, and the rows scored per day."""
     import matplotlib
 
@@ -158,9 +177,11 @@ def _record_figures(metrics: dict[str, Any], scoring: list[dict[str, Any]], dest
 
     dest.mkdir(parents=True, exist_ok=True)
     figures = []
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numbers = {
+        k: v for k, v in flatten(metrics).items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     if numbers:
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig, ax = plt.subplots(figsize=(6, max(3, 0.3 * len(numbers))))
         ax.barh(list(numbers), list(numbers.values()), color="#0b3d62")
         ax.set_xlabel("value")
         ax.set_title("Training metrics (audit record)")
@@ -168,12 +189,13 @@ def _record_figures(metrics: dict[str, Any], scoring: list[dict[str, Any]], dest
         figures.append(dest / "metrics.png")
         fig.savefig(figures[-1], dpi=100)
         plt.close(fig)
-    if scoring:
+    if scored_days:
         fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar([row["day"] for row in scoring], [row["row_count"] for row in scoring], color="#2f7d32")
+        days = [dt.date.fromisoformat(row["day"]) for row in scored_days]
+        ax.bar(days, [row["row_count"] for row in scored_days], color="#2f7d32")
         ax.set_ylabel("rows scored")
-        ax.set_title("Rows scored per partition (audit records)")
-        ax.tick_params(axis="x", labelrotation=45)
+        ax.set_title("Rows scored per day (audit records)")
+        fig.autofmt_xdate()
         fig.tight_layout()
         figures.append(dest / "rows_scored.png")
         fig.savefig(figures[-1], dpi=100)
@@ -181,7 +203,9 @@ def _record_figures(metrics: dict[str, Any], scoring: list[dict[str, Any]], dest
     return figures
 
 
-def _figures(lineage: dict[str, Any], tracking_uri: str | None, dest: Path) -> tuple[list[Path], str]:
+def _figures(
+    lineage: dict[str, Any], scored_days: list[dict[str, Any]], tracking_uri: str | None, dest: Path
+) -> tuple[list[Path], str]:
     run_id = lineage["model"].get("mlflow_run_id")
     if tracking_uri and run_id:
         try:
@@ -195,7 +219,22 @@ def _figures(lineage: dict[str, Any], tracking_uri: str | None, dest: Path) -> t
     else:
         reason = "no MLflow run or tracking store given"
     metrics = (lineage["training"] or {}).get("metrics") or {}
-    return _record_figures(metrics, lineage["scoring_runs"], dest), f"{reason}; plots drawn from the records."
+    return _record_figures(metrics, scored_days, dest), f"{reason}; plots drawn from the records."
+
+
+def scored_days(connection: duckdb.DuckDBPyConnection, model_name: str, version: str) -> list[dict[str, Any]]:
+    """Each day the version scored, with the rows of its latest scoring of that day."""
+    rows = fetch_records(
+        connection,
+        f"select day, arg_max(row_count, seq) as row_count from {SCHEMA}.scoring_runs"
+        " where model_name = ? and model_version = ? group by day order by day",
+        [model_name, version],
+    )
+    return [{"day": row["day"], "row_count": row["row_count"]} for row in rows]
+
+
+def _run_step(lineage: dict[str, Any], step: str) -> str | None:
+    return next((row["dagster_run_id"] for row in lineage["runs"] if row["step"] == step), None)
 
 
 def build_model_report(
@@ -207,26 +246,33 @@ def build_model_report(
     """The document's title and sections, from a model's lineage answer and the records around it."""
     name = lineage["subject"]["model_name"]
     model, training = lineage["model"], lineage["training"] or {}
+    links = lineage["links"]
     periods = lineage["champion_periods"]
     status = "never champion"
     if periods:
         current = periods[-1]
         status = f"champion since {current['since']}" if current["until"] is None else "former champion"
-    figures, figure_note = _figures(lineage, tracking_uri, figures_dir)
+    days = scored_days(connection, name, model["model_version"])
+    figures, figure_note = _figures(lineage, days, tracking_uri, figures_dir)
     feature_set = model.get("feature_set_version") or training.get("feature_set_version")
     sections = [
         Section(
             "1. General description and intended purpose",
             [
+                lineage["summary"],
                 INTENDED_PURPOSE,
                 {
                     "model": name,
                     "version": model["model_version"],
                     "status": status,
+                    "decision threshold": model.get("threshold"),
                     "registered at": model.get("registered_at"),
                     "artifact SHA-256": model.get("artifact_sha256"),
                     "artifact URI": model.get("artifact_uri"),
                     "MLflow run": model.get("mlflow_run_id"),
+                    "MLflow run page": links["mlflow_run"],
+                    "MLflow model version page": links["mlflow_model_version"],
+                    "Dagster run (training)": dagster_run_url(links, _run_step(lineage, "training")),
                     "code (git commit, training)": lineage["code"]["training"],
                     "code (git commit, registration)": lineage["code"]["registration"],
                 },
@@ -254,13 +300,13 @@ def build_model_report(
         Section(
             "5. Metrics",
             [
-                Table(("metric", "value"), sorted((training.get("metrics") or {}).items())),
+                Table(("metric", "value"), sorted(flatten(training.get("metrics") or {}).items())),
                 figure_note,
                 *(Figure(path, path.stem.replace("_", " ")) for path in figures),
             ],
         ),
         _oversight_section(connection, name, periods),
-        _monitoring_section(connection, lineage),
+        _monitoring_section(connection, lineage, days),
         _history_section(connection, name),
         _integrity_section(connection, lineage),
     ]
@@ -339,17 +385,40 @@ def _oversight_section(
     )
 
 
-def _monitoring_section(connection: duckdb.DuckDBPyConnection, lineage: dict[str, Any]) -> Section:
+def monitoring_records(
+    connection: duckdb.DuckDBPyConnection, model_name: str, version: str, days: set[str]
+) -> list[dict[str, Any]]:
+    """The latest verdict of each monitoring check on each day about this version.
+
+    A verdict is about the version when it judged the version's scores (the day's for drift, the judged
+    window's for performance), or when it skipped a day the version scored.
+    """
+    if not relation_exists(connection, SCHEMA, MonitoringResult.KIND):
+        return []
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in fetch_records(
+        connection,
+        f"select * from {SCHEMA}.{MonitoringResult.KIND} where model_name = ? order by seq",
+        [model_name],
+    ):
+        versions = row["model_versions"]
+        if version in versions or (not versions and row["day"] in days):
+            latest[(row["day"], row["asset"], row["check_name"])] = row
+    return sorted(latest.values(), key=lambda row: (row["day"], row["asset"], row["check_name"]))
+
+
+def _monitoring_section(
+    connection: duckdb.DuckDBPyConnection, lineage: dict[str, Any], days: list[dict[str, Any]]
+) -> Section:
     scored = lineage["scored"]
-    days = [row["day"] for row in lineage["scoring_runs"]]
-    monitoring = []
-    if days:
-        monitoring = fetch_records(
-            connection,
-            f"select day, tool, check_name, passed, details from {SCHEMA}.validation_results"
-            f" where tool in ({', '.join('?' * len(MONITORING_TOOLS))}) and day between ? and ? order by seq",
-            [*MONITORING_TOOLS, min(days), max(days)],
-        )
+    version = lineage["model"]["model_version"]
+    results = monitoring_records(
+        connection, lineage["subject"]["model_name"], version, {row["day"] for row in days}
+    )
+    by_check: dict[str, dict[str, int]] = {}
+    for row in results:
+        levels = by_check.setdefault(f"{row['asset']}:{row['check_name']}", {})
+        levels[row["level"]] = levels.get(row["level"], 0) + 1
     return Section(
         "7. Monitoring",
         [
@@ -360,10 +429,34 @@ def _monitoring_section(connection: duckdb.DuckDBPyConnection, lineage: dict[str
                 "first day": scored["first_day"],
                 "last day": scored["last_day"],
             },
-            "Monitoring results recorded while this version scored:",
+            f"Monitoring results recorded for version {version} (the latest verdict of each check on each "
+            "day), by check:",
             Table(
-                ("day", "tool", "check", "passed", "details"),
-                [(m["day"], m["tool"], m["check_name"], m["passed"], m["details"]) for m in monitoring],
+                ("check", "days", "levels"),
+                [
+                    (
+                        check,
+                        sum(levels.values()),
+                        ", ".join(f"{level} {n}" for level, n in sorted(levels.items())),
+                    )
+                    for check, levels in sorted(by_check.items())
+                ],
+            ),
+            "Each verdict:",
+            Table(
+                ("day", "check", "level", "passed", "versions judged", "result", "Dagster run"),
+                [
+                    (
+                        row["day"],
+                        f"{row['asset']}:{row['check_name']}",
+                        row["level"],
+                        row["passed"],
+                        ", ".join(row["model_versions"]) or "-",
+                        row["description"],
+                        row["dagster_run_id"],
+                    )
+                    for row in results
+                ],
             ),
         ],
     )
@@ -434,39 +527,29 @@ def _md_table(table: Table) -> str:
     return "\n".join([head, rule, *("| " + " | ".join(_md(v) for v in row) + " |" for row in table.rows)])
 
 
-def to_html(title: str, sections: Sequence[Section]) -> str:
+def _block_kind(block: Block) -> str:
+    if isinstance(block, str):
+        return "text"
+    if isinstance(block, dict):
+        return "facts"
+    return "table" if isinstance(block, Table) else "figure"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def to_html(title: str, sections: Sequence[Section], links: dict[str, Any]) -> str:
     """The same document as one self-contained page: inline CSS, figures embedded as data URIs."""
-    parts = [f"<p>Generated {_now()} by <code>txguard report model</code> from the audit records.</p>"]
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.title)}</h2>")
-        for block in section.blocks:
-            if isinstance(block, str):
-                parts.append(f"<p>{html.escape(block)}</p>")
-            elif isinstance(block, dict):
-                rows = "".join(
-                    f"<tr><th>{html.escape(k)}</th><td>{html.escape(_text(v))}</td></tr>"
-                    for k, v in block.items()
-                )
-                parts.append(f"<table>{rows}</table>")
-            elif isinstance(block, Table):
-                parts.append(_html_table(block))
-            else:
-                data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-                parts.append(
-                    f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
-                )
-    return html_page(title, "\n".join(parts))
-
-
-def _html_table(table: Table) -> str:
-    if not table.rows:
-        return '<p class="none">none recorded</p>'
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_text(v))}</td>" for v in row) + "</tr>" for row in table.rows
+    return render_page(
+        "model_report.html.j2",
+        title,
+        sections=sections,
+        links=links,
+        block_kind=_block_kind,
+        data_uri=_data_uri,
+        text=_text,
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _now() -> str:
@@ -479,18 +562,19 @@ def write_model_report(
     out_dir: Path,
     model_name: str | None = None,
     tracking_uri: str | None = None,
+    links: UiLinks | None = None,
 ) -> ReportFiles:
     """Write ``<model>-v<version>.md`` (figures beside it) and a self-contained ``.html`` into ``out_dir``.
 
     Raises ``LineageNotFound`` for a version the records do not know.
     """
-    lineage = model_lineage(connection, version, model_name)
+    lineage = model_lineage(connection, version, model_name, links=links)
     stem = f"{lineage['subject']['model_name']}-v{lineage['subject']['model_version']}".replace("/", "_")
     out_dir.mkdir(parents=True, exist_ok=True)
     title, sections = build_model_report(connection, lineage, out_dir / f"{stem}-figures", tracking_uri)
     markdown = out_dir / f"{stem}.md"
     markdown.write_text(to_markdown(title, sections, out_dir), encoding="utf-8")
     page = out_dir / f"{stem}.html"
-    page.write_text(to_html(title, sections), encoding="utf-8")
+    page.write_text(to_html(title, sections, lineage["links"]), encoding="utf-8")
     figures = tuple(b.path for s in sections for b in s.blocks if isinstance(b, Figure))
     return ReportFiles(markdown, page, figures)

@@ -6,8 +6,8 @@ re-sent pair is recognisably the same run). The job is the asset, the output dat
 are its upstream assets; schemas travel as ``schema`` dataset facets, the Dagster run as the ``parent`` facet.
 
 Events go to ``<lineage_dir>/openlineage.ndjson`` (one JSON event per line) by default, or to an HTTP endpoint
-(Marquez or any OpenLineage consumer) when ``TXGUARD_OPENLINEAGE_URL`` is set; if that endpoint refuses them
-they are written to the file instead, so none is lost.
+(Marquez or any OpenLineage consumer) when the settings name one (``TXGUARD_OPENLINEAGE_URL``); if that
+endpoint refuses them they are written to the file instead, so none is lost.
 
     build_events(materialization) -> [start, end]      emit(events, settings) -> where they went
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from jobs.governance.audit import git_commit
+from jobs.platform.settings import variable
 
 if TYPE_CHECKING:
     from openlineage.client import OpenLineageClient
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 NAMESPACE = "txguard"
 """Namespace of every job and dataset: asset keys are unique within the code location."""
 EVENTS_FILE = "openlineage.ndjson"
-URL_VARIABLE = "TXGUARD_OPENLINEAGE_URL"
+URL_VARIABLE = variable("openlineage_url")
 _RUN_IDS = uuid.UUID("6f1c5c1e-52a4-4f43-9a53-0d1f6a1b7e21")
 
 log = logging.getLogger(__name__)
@@ -186,18 +186,13 @@ def events_file(settings: Settings) -> Path:
     return settings.lineage_dir / EVENTS_FILE
 
 
-def openlineage_url() -> str | None:
-    """The HTTP endpoint from ``TXGUARD_OPENLINEAGE_URL``, read when events are sent, not at import."""
-    return os.environ.get(URL_VARIABLE) or None
-
-
 def transport_config(settings: Settings, url: str | None = None) -> dict:
     """The client's transport: HTTP when a URL is configured, else the append-only NDJSON file.
 
     A URL with a path (``http://host:5000/api/v1/lineage``) is used as given; a bare host gets the standard
     ``api/v1/lineage`` endpoint. Retries are few and short so that a dead endpoint cannot stall the sensor.
     """
-    url = url or openlineage_url()
+    url = url or settings.openlineage_url
     if url:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -1,10 +1,15 @@
-"""Lineage answers are rebuilt from the records: each field traced back to what the simulated pipeline did."""
+"""Lineage answers are rebuilt from the records: each field traced back to what the simulated pipeline did.
+
+The records are a few days of the pipeline as ``tests.support.build_lineage_warehouse`` writes them, with the
+truth of what happened to check against.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import random
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -21,202 +26,23 @@ from jobs.governance.lineage import (
     render,
     transaction_lineage,
 )
+from jobs.governance.model_report import write_model_report
+from jobs.monitoring.monitors import DriftReport, PerformanceReport, Skipped
 from jobs.platform.layout import SCORES_TABLE
 from jobs.platform.warehouse import connect
-
-MODEL = "txguard-fraud"
-FEATURES = "fs-0123456789ab"
-SCORES_DDL = f"""
-create schema if not exists scoring;
-create table if not exists {SCORES_TABLE} (
-    transaction_id bigint, tx_datetime timestamptz, customer_id bigint, terminal_id bigint, score double,
-    decision boolean, reason_1 varchar, reason_2 varchar, reason_3 varchar, model_name varchar,
-    model_version integer, feature_set_version varchar, dagster_run_id varchar, scored_at timestamptz,
-    day date
+from jobs.training.metrics import HoldoutMetrics
+from tests.support import (
+    LINEAGE_FEATURE_SET,
+    LINEAGE_MODEL,
+    LINEAGE_THRESHOLD,
+    build_lineage_warehouse,
+    score_partition,
 )
-"""
-
-
-def _validate_day(connection: duckdb.DuckDBPyConnection, day: str, suffix: str = "") -> list[dict[str, Any]]:
-    checks = [
-        ("pandera", "raw_transactions_contract", "raw_transactions", f"run-ingest-{day}"),
-        ("dbt", "unique_fct_transactions_transaction_id", "fct_transactions", f"run-dbt-{day}"),
-        ("great_expectations", "stg_transactions_suite", "stg_landing__transactions", f"run-dbt-{day}"),
-        ("pandera", "transaction_features_schema", "transaction_features", f"run-features-{day}{suffix}"),
-    ]
-    for tool, name, asset, run_id in checks:
-        audit.record(
-            connection,
-            audit.ValidationResult(
-                day=dt.date.fromisoformat(day),
-                tool=tool,
-                check_name=name,
-                asset=asset,
-                passed=True,
-                details={"unexpected": 0},
-                dagster_run_id=run_id,
-            ),
-        )
-    return [{"tool": t, "check_name": n, "asset": a, "dagster_run_id": r} for t, n, a, r in checks]
-
-
-def _train_and_register(connection: duckdb.DuckDBPyConnection, version: str, start: str) -> dict[str, Any]:
-    truth = {
-        "mlflow_run_id": f"mlf-{version}",
-        "train_start": start,
-        "train_end": (dt.date.fromisoformat(start) + dt.timedelta(days=6)).isoformat(),
-        "data_digest": f"{version}" * 64,
-        "artifact_sha256": f"{int(version) + 10:x}" * 64,
-        "training_run": f"run-train-{version}",
-    }
-    audit.record(
-        connection,
-        audit.TrainingRun(
-            model_name=MODEL,
-            mlflow_run_id=truth["mlflow_run_id"],
-            train_start=dt.date.fromisoformat(truth["train_start"]),
-            train_end=dt.date.fromisoformat(truth["train_end"]),
-            data_digest=truth["data_digest"],
-            row_count=1000 * int(version),
-            feature_set_version=FEATURES,
-            metrics={
-                "roc_auc": 0.86 + int(version) / 100,
-                "average_precision": 0.6,
-                "card_precision_at_100": 0.3,
-            },
-            params={"num_leaves": 31, "learning_rate": 0.05},
-            device="cpu",
-            dagster_run_id=truth["training_run"],
-            label_cutoff=dt.date.fromisoformat(truth["train_end"]) + dt.timedelta(days=7),
-            evaluation={"protocol": "handbook", "holdout_days": 7},
-        ),
-    )
-    audit.record(
-        connection,
-        audit.ModelVersion(
-            model_name=MODEL,
-            model_version=version,
-            mlflow_run_id=truth["mlflow_run_id"],
-            artifact_uri=f"mlflow-artifacts:/1/{truth['mlflow_run_id']}/artifacts/model",
-            artifact_sha256=truth["artifact_sha256"],
-            feature_set_version=FEATURES,
-            dagster_run_id=truth["training_run"],
-        ),
-    )
-    return truth
-
-
-def _promote(
-    connection: duckdb.DuckDBPyConnection, action: str, version: str, previous: str | None, actor: str
-):
-    return audit.record(
-        connection,
-        audit.Promotion(
-            model_name=MODEL,
-            action=action,
-            model_version=version,
-            previous_version=previous,
-            actor=actor,
-            reason=f"{action} {version}"
-            if actor.startswith("pipeline")
-            else "v2 floods analysts <b>alerts</b>",
-            metrics={"challenger": {"average_precision": 0.61}, "champion": {"average_precision": 0.6}},
-            dagster_run_id=f"run-{action}-{version}" if actor.startswith("pipeline") else None,
-        ),
-    )
-
-
-def score_partition(
-    connection: duckdb.DuckDBPyConnection,
-    day: str,
-    version: str,
-    digest: str,
-    run_id: str,
-    first_id: int,
-    n: int,
-) -> list[dict[str, Any]]:
-    """What the scoring writer does: replace the partition and append its record, in one transaction."""
-    rng = random.Random(f"{day}{version}")
-    scored_at = dt.datetime(2018, 8, 1, 6, tzinfo=dt.UTC) + dt.timedelta(days=int(version))
-    rows = []
-    for i in range(n):
-        score = round(rng.random(), 4)
-        rows.append(
-            {
-                "transaction_id": first_id + i,
-                "tx_datetime": dt.datetime.fromisoformat(f"{day}T0{i}:15:00+00:00"),
-                "customer_id": 100 + i,
-                "terminal_id": 900 + i,
-                "score": score,
-                "decision": score > 0.5,
-                "reason_1": "terminal_id_risk_7day_window high",
-                "reason_2": "tx_amount high" if i % 2 else None,
-                "reason_3": None,
-                "model_name": MODEL,
-                "model_version": int(version),
-                "feature_set_version": FEATURES,
-                "dagster_run_id": run_id,
-                "scored_at": scored_at,
-                "day": dt.date.fromisoformat(day),
-            }
-        )
-    connection.execute("begin transaction")
-    connection.execute(f"delete from {SCORES_TABLE} where day = ?", [day])
-    connection.executemany(
-        f"insert into {SCORES_TABLE} values ({', '.join('?' * 15)})", [list(r.values()) for r in rows]
-    )
-    audit.record(
-        connection,
-        audit.ScoringRun(
-            day=dt.date.fromisoformat(day),
-            model_name=MODEL,
-            model_version=version,
-            artifact_sha256=digest,
-            feature_set_version=FEATURES,
-            row_count=n,
-            checks=[{"name": "stg_transactions_suite", "tool": "great_expectations", "passed": True}],
-            dagster_run_id=run_id,
-            mlflow_run_id=f"mlf-{version}",
-            upstream_runs={
-                "raw_transactions": f"run-ingest-{day}",
-                "transaction_features": f"run-features-{day}",
-            },
-        ),
-    )
-    connection.execute("commit")
-    return rows
-
-
-def build_warehouse(path: Path) -> dict[str, Any]:
-    """A warehouse as a few days of the pipeline leave it, and the truth of what happened, to check against.
-
-    v1 is trained and promoted and scores 2018-04-02; v2 replaces it and scores 2018-04-03; a person rolls
-    back to v1, which rescores 2018-04-03. 2018-04-04 is never scored.
-    """
-    with connect(path) as connection:
-        connection.execute(SCORES_DDL)
-        models = {"1": _train_and_register(connection, "1", "2018-04-01")}
-        _promote(connection, "promote", "1", None, "pipeline:model_promotion")
-        checks = {"2018-04-02": _validate_day(connection, "2018-04-02")}
-        scored = {
-            "2018-04-02": score_partition(
-                connection, "2018-04-02", "1", models["1"]["artifact_sha256"], "run-s2", 1, 5
-            )
-        }
-        models["2"] = _train_and_register(connection, "2", "2018-04-08")
-        _promote(connection, "promote", "2", "1", "pipeline:model_promotion")
-        checks["2018-04-03"] = _validate_day(connection, "2018-04-03")
-        score_partition(connection, "2018-04-03", "2", models["2"]["artifact_sha256"], "run-s3", 101, 6)
-        _promote(connection, "rollback", "1", "2", "alice")
-        scored["2018-04-03"] = score_partition(
-            connection, "2018-04-03", "1", models["1"]["artifact_sha256"], "run-r3", 101, 4
-        )
-    return {"models": models, "checks": checks, "scored": scored}
 
 
 @pytest.fixture
 def warehouse(tmp_path: Path) -> tuple[duckdb.DuckDBPyConnection, dict[str, Any]]:
-    truth = build_warehouse(tmp_path / "warehouse.duckdb")
+    truth = build_lineage_warehouse(tmp_path / "warehouse.duckdb")
     with connect(tmp_path / "warehouse.duckdb", read_only=True) as connection:
         yield connection, truth
 
@@ -239,7 +65,10 @@ def test_a_random_scored_row_traces_back_to_what_the_pipeline_did(warehouse) -> 
         training = answer["training"]
         assert (training["train_start"], training["train_end"]) == (model["train_start"], model["train_end"])
         assert training["data_digest"] == model["data_digest"]
-        assert answer["features"] == {"scored_with": FEATURES, "model_trained_on": FEATURES}
+        assert answer["features"] == {
+            "scored_with": LINEAGE_FEATURE_SET,
+            "model_trained_on": LINEAGE_FEATURE_SET,
+        }
         gated = [(v["tool"], v["check_name"], v["dagster_run_id"]) for v in answer["validation"]]
         assert gated == [(c["tool"], c["check_name"], c["dagster_run_id"]) for c in truth["checks"][day]]
         runs = {(r["step"], r["dagster_run_id"]) for r in answer["runs"]}
@@ -268,8 +97,8 @@ def test_partition_lineage_lists_every_scoring_of_the_day(warehouse) -> None:
     answer = partition_lineage(connection, "2018-04-03")
     assert answer["gaps"] == []
     assert [(r["model"], r["row_count"], r["current"]) for r in answer["scoring_runs"]] == [
-        (f"{MODEL} v2", 6, False),
-        (f"{MODEL} v1", 4, True),
+        (f"{LINEAGE_MODEL} v2", 6, False),
+        (f"{LINEAGE_MODEL} v1", 4, True),
     ]
     rows = truth["scored"]["2018-04-03"]
     assert answer["scores"]["rows"] == len(rows)
@@ -294,7 +123,7 @@ def test_model_lineage_says_what_trained_it_what_it_scored_and_when_it_was_champ
     (period,) = v2["champion_periods"]
     assert period["until"] is not None and period["ended_by"] == "rollback to 1 by alice"
     assert v2["scored"] == {"partitions": 1, "rows": 6, "first_day": "2018-04-03", "last_day": "2018-04-03"}
-    v1 = model_lineage(connection, "1", model_name=MODEL)
+    v1 = model_lineage(connection, "1", model_name=LINEAGE_MODEL)
     assert [p["became_champion_by"] for p in v1["champion_periods"]] == [
         "promote by pipeline:model_promotion",
         "rollback by alice",
@@ -367,7 +196,7 @@ def test_an_empty_warehouse_answers_not_found(tmp_path: Path) -> None:
 
 def test_holes_in_the_record_are_listed_as_gaps(tmp_path: Path) -> None:
     path = tmp_path / "warehouse.duckdb"
-    truth = build_warehouse(path)
+    truth = build_lineage_warehouse(path)
     with connect(path) as connection:
         score_partition(connection, "2018-04-05", "1", "f" * 64, "run-s5", 501, 3)
         connection.execute(
@@ -413,3 +242,283 @@ def test_renderers_carry_the_same_answer(warehouse) -> None:
     assert answer["model"]["artifact_sha256"] in "".join(parsed.text)
     with pytest.raises(ValueError, match="unknown format 'pdf'"):
         render(answer, "pdf")
+
+
+# --- the summary paragraph --------------------------------------------------------------------------------
+
+
+def test_the_summary_says_why_each_transaction_was_or_was_not_an_alert(warehouse) -> None:
+    connection, truth = warehouse
+    for day, rows in truth["scored"].items():
+        for row in rows:
+            answer = transaction_lineage(connection, row["transaction_id"])
+            version = str(row["model_version"])
+            score = f"{row['score']:.4g}"
+            because = (
+                f"it was an alert because {score} ≥ threshold 0.5."
+                if row["decision"]
+                else f"it was not an alert because {score} < threshold 0.5."
+            )
+            assert answer["summary"].startswith(
+                f"Transaction {row['transaction_id']} was scored {score} on {day} by {LINEAGE_MODEL} version "
+                f"{version}, trained on data up to {truth['models'][version]['train_end']}; {because}"
+            ), answer["summary"]
+            assert answer["decision"]["threshold"] == LINEAGE_THRESHOLD
+            reasons = ", ".join(r for r in (row["reason_1"], row["reason_2"]) if r)
+            assert f" Main reasons: {reasons}." in answer["summary"]
+            assert answer["summary"].endswith("4 checks gated the partition: all passed.")
+    rescored = transaction_lineage(connection, 102)["summary"]
+    assert "Version 1 was the champion then (rollback by alice)." in rescored
+    text = render(transaction_lineage(connection, 102), "text").splitlines()
+    assert " ".join(text[2:6]).startswith("Transaction 102 was scored ")
+
+
+def test_a_decision_that_does_not_follow_from_score_and_threshold_is_a_gap(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    build_lineage_warehouse(path)
+    with connect(path) as connection:
+        connection.execute(f"update {SCORES_TABLE} set decision = not decision where transaction_id = 1")
+        answer = transaction_lineage(connection, 1)
+    (gap,) = answer["gaps"]
+    assert gap.startswith(
+        f"the stored decision ({answer['decision']['decision']}) does not follow from score "
+    )
+    assert answer["summary"].endswith("The record has 1 gap, listed at the end.")
+
+
+def test_the_partition_summary_names_the_model_its_alerts_and_what_it_replaced(warehouse) -> None:
+    connection, truth = warehouse
+    answer = partition_lineage(connection, "2018-04-03")
+    alerts = sum(row["decision"] for row in truth["scored"]["2018-04-03"])
+    assert answer["scores"]["threshold"] == LINEAGE_THRESHOLD
+    assert answer["summary"].startswith(
+        f"Partition 2018-04-03 holds 4 scores by {LINEAGE_MODEL} version 1 (threshold 0.5, trained on data"
+        " up to 2018-04-07), written by Dagster run run-r3 at "
+    )
+    assert f": {alerts} alert" in answer["summary"]
+    assert (
+        f"The day was scored 2 times; earlier scorings by {LINEAGE_MODEL} v2 were replaced."
+        in answer["summary"]
+    )
+
+
+# --- the model: scoring folded into periods of days ------------------------------------------------------
+
+
+def test_a_model_that_scored_many_days_is_summarised_by_period_not_by_record(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    truth = build_lineage_warehouse(path)
+    digest = truth["models"]["1"]["artifact_sha256"]
+    backfill = [dt.date(2018, 4, 5) + dt.timedelta(days=i) for i in range(40)]
+    with connect(path) as connection:
+        for i, day in enumerate(backfill):
+            score_partition(connection, day.isoformat(), "1", digest, "run-backfill", 10_000 + 10 * i, 2)
+        for i, day in enumerate(("2018-05-20", "2018-05-21")):
+            score_partition(connection, day, "1", digest, f"run-daily-{day}", 20_000 + 10 * i, 3)
+        answer = model_lineage(connection, "1")
+        v2 = model_lineage(connection, "2")
+    assert answer["scored"] == {
+        "partitions": 44,
+        "rows": 5 + 4 + 40 * 2 + 2 * 3,
+        "first_day": "2018-04-02",
+        "last_day": "2018-05-21",
+    }
+    periods = [
+        (p["days"], p["day_count"], p["rows"], p["dagster_run_ids"]) for p in answer["scoring_periods"]
+    ]
+    assert periods == [
+        ("2018-04-02..2018-04-03", 2, 9, ["run-s2", "run-r3"]),
+        ("2018-04-05..2018-05-14", 40, 80, ["run-backfill"]),
+        ("2018-05-20..2018-05-21", 2, 6, ["run-daily-2018-05-20", "run-daily-2018-05-21"]),
+    ]
+    assert [p["scorings"] for p in answer["scoring_periods"]] == [2, 40, 2]
+    assert [p["replaced_days"] for p in v2["scoring_periods"]] == [1]
+    assert "another version has rescored 1 of them since" in v2["summary"]
+    assert (
+        "It scored 44 days (2018-04-02..2018-05-21, 95 rows) in 3 periods of consecutive days."
+        in (answer["summary"])
+    )
+
+    text = render(answer, "text")
+    assert "  - 2018-04-05..2018-05-14, 40 days, 80 rows, run run-backfill; 40 scoring records, seq " in text
+    assert text.count("run-backfill") == 1
+    hashes = re.findall(r"\b[0-9a-f]{64}\b", text)
+    assert len(answer["audit_records"]) == 5, "training, registration and three promotions"
+    assert len(hashes) == len(answer["audit_records"]) + 2, "the records, the artifact and the data digest"
+    assert "scoring_runs" not in answer
+    page = render(answer, "html")
+    assert page.count(">run-backfill<") == 1
+
+
+# --- monitoring verdicts in the audit chain, and in the model report -------------------------------------
+
+
+def _monitoring_entries() -> list[audit.MonitoringResult]:
+    """Two drift runs (the second after the rollback rescored 2018-04-03 with v1) and one performance run."""
+    first = [
+        DriftReport(day=dt.date(2018, 4, 2), model_version=1, rows=5, psi={"tx_amount": 0.02, "score": 0.04}),
+        DriftReport(day=dt.date(2018, 4, 3), model_version=2, rows=6, psi={"tx_amount": 0.31, "score": 0.05}),
+        Skipped(dt.date(2018, 4, 4), "warm-up until 2018-05-08", {"warm_up_until": "2018-05-08"}),
+    ]
+    second = [DriftReport(day=dt.date(2018, 4, 3), model_version=1, rows=4, psi={"tx_amount": 0.12})]
+    performance = [
+        Skipped(dt.date(2018, 4, 3), "labels not mature", {"missing_report_days": "2018-04-03"}),
+        PerformanceReport(
+            evaluated_on=dt.date(2018, 4, 10),
+            window_start=dt.date(2018, 4, 2),
+            window_end=dt.date(2018, 4, 3),
+            rows=9,
+            frauds=25,
+            model_versions=(1,),
+            metrics=HoldoutMetrics(roc_auc=0.91, average_precision=0.62, card_precision_at_100=0.3),
+        ),
+    ]
+    return [
+        *audit.monitoring_results("feature_drift", "drift_psi", first, "run-drift-1"),
+        *audit.monitoring_results("feature_drift", "drift_psi", second, "run-drift-2"),
+        *audit.monitoring_results("model_performance", "performance_floor", performance, "run-perf"),
+    ]
+
+
+def test_monitoring_verdicts_become_typed_audit_records(tmp_path: Path) -> None:
+    entries = _monitoring_entries()
+    levels = [(e.day.isoformat(), e.asset, e.level, e.passed, e.model_versions) for e in entries]
+    assert levels == [
+        ("2018-04-02", "feature_drift", "ok", True, ["1"]),
+        ("2018-04-03", "feature_drift", "error", False, ["2"]),
+        ("2018-04-04", "feature_drift", "skipped", True, []),
+        ("2018-04-03", "feature_drift", "warn", False, ["1"]),
+        ("2018-04-03", "model_performance", "skipped", True, []),
+        ("2018-04-10", "model_performance", "ok", True, ["1"]),
+    ]
+    assert entries[1].values["worst_feature"] == "tx_amount" and entries[1].values["max_psi"] == 0.31
+    assert entries[1].description == "worst PSI 0.310 (tx_amount) is error"
+    assert entries[5].values["average_precision"] == 0.62 and entries[5].values["frauds"] == 25
+    assert entries[5].description.endswith("above the floors")
+    path = tmp_path / "warehouse.duckdb"
+    build_lineage_warehouse(path)
+    with connect(path) as connection:
+        written = [audit.record(connection, entry) for entry in entries]
+        stored = connection.execute(
+            "select day, asset, check_name, level, passed, model_versions, values ->> '$.max_psi',"
+            " dagster_run_id from audit.monitoring_results order by seq"
+        ).fetchall()
+        assert audit.verify_chain(connection).ok
+    assert [record.kind for record in written] == ["monitoring_results"] * len(entries)
+    assert stored[1] == (
+        dt.date(2018, 4, 3),
+        "feature_drift",
+        "drift_psi",
+        "error",
+        False,
+        '["2"]',
+        "0.31",
+        "run-drift-1",
+    )
+    assert [row[4] for row in stored] == [e.passed for e in entries]
+
+
+def test_the_model_report_shows_the_monitoring_verdicts_of_the_days_its_version_scored(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    build_lineage_warehouse(path)
+    with connect(path) as connection:
+        for entry in _monitoring_entries():
+            audit.record(connection, entry)
+        v1 = write_model_report(connection, "1", tmp_path / "docs").markdown.read_text()
+        v2 = write_model_report(connection, "2", tmp_path / "docs").markdown.read_text()
+    section = v1.split("## 7. Monitoring")[1].split("## 8.")[0]
+    assert "| feature_drift:drift_psi | 2 | ok 1, warn 1 |" in section
+    assert "| model_performance:performance_floor | 2 | ok 1, skipped 1 |" in section
+    rows = [line for line in section.splitlines() if line.startswith("| 2018-")]
+    assert rows == [
+        "| 2018-04-02 | feature_drift:drift_psi | ok | True | 1 | worst PSI 0.040 (score) is ok"
+        " | run-drift-1 |",
+        "| 2018-04-03 | feature_drift:drift_psi | warn | False | 1 | worst PSI 0.120 (tx_amount) is warn"
+        " | run-drift-2 |",
+        "| 2018-04-03 | model_performance:performance_floor | skipped | True | - | skipped: labels not mature"
+        " | run-perf |",
+        "| 2018-04-10 | model_performance:performance_floor | ok | True | 1 | scored days"
+        " 2018-04-02..2018-04-03: AUC 0.9100, AP 0.6200, CP@100 0.3000 on 9 rows, 25 frauds; above the floors"
+        " | run-perf |",
+    ]
+    v2_rows = [line for line in v2.split("## 7. Monitoring")[1].splitlines() if line.startswith("| 2018-")]
+    assert [row.split(" | ")[1:3] for row in v2_rows] == [
+        ["feature_drift:drift_psi", "error"],
+        ["model_performance:performance_floor", "skipped"],
+    ]
+
+
+LEDGER_BEFORE_MONITORING = f"""
+create table audit.records (
+    seq bigint primary key check (seq >= 1),
+    kind varchar not null check (
+        kind in ('training_runs', 'model_versions', 'promotions', 'scoring_runs', 'validation_results')
+    ),
+    recorded_at timestamp not null,
+    payload varchar not null check (json_valid(payload)),
+    prev_hash varchar not null unique check (length(prev_hash) = 64),
+    record_hash varchar not null unique check (record_hash = sha256(prev_hash || chr(10)
+        || CAST(seq AS VARCHAR) || chr(10) || kind || chr(10)
+        || strftime(recorded_at, '{audit.TIME_FORMAT}') || chr(10) || payload))
+)
+"""
+"""The ledger as deployments created it before monitoring results were a kind of record."""
+
+
+def _warehouse_from_before_monitoring(path: Path) -> None:
+    """The lineage warehouse on a ledger created before monitoring results existed, with its five views."""
+    with connect(path) as connection:
+        audit.ensure_schema(connection)
+        connection.execute("drop view audit.monitoring_results")
+        connection.execute("drop table audit.records")
+        connection.execute(LEDGER_BEFORE_MONITORING)
+    build_lineage_warehouse(path)
+
+
+def test_a_ledger_from_before_monitoring_records_is_rebuilt_once_without_changing_a_record(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    _warehouse_from_before_monitoring(path)
+    entry = _monitoring_entries()[0]
+    with connect(path) as connection:
+        before = connection.execute("select * from audit.records order by seq").fetchall()
+        lineage_before = model_lineage(connection, "1")
+        with pytest.raises(duckdb.ConstraintException):
+            audit.record(connection, entry)
+        connection.execute("begin transaction")
+        assert audit.admit_new_kinds(connection)
+        written = audit.record(connection, entry)
+        connection.execute("commit")
+        assert (
+            connection.execute(
+                "select * from audit.records where seq < ? order by seq", [written.seq]
+            ).fetchall()
+            == before
+        )
+        assert written.seq == len(before) + 1 and audit.verify_chain(connection).ok
+        assert connection.execute("select level from audit.monitoring_results").fetchall() == [("ok",)]
+        assert model_lineage(connection, "1")["scoring_periods"] == lineage_before["scoring_periods"]
+        assert not audit.admit_new_kinds(connection), "rebuilt once"
+
+
+def test_a_broken_ledger_from_before_monitoring_records_is_left_for_the_chain_check(tmp_path: Path) -> None:
+    path = tmp_path / "warehouse.duckdb"
+    _warehouse_from_before_monitoring(path)
+    edited = "replace(payload, 'alice', 'pipeline:model_promotion')"
+    with connect(path) as connection:
+        seq = connection.execute("select min(seq) from audit.promotions where actor = 'alice'").fetchone()[0]
+        connection.execute(
+            f"update audit.records set payload = {edited}, record_hash = sha256(prev_hash || chr(10)"
+            f" || CAST(seq AS VARCHAR) || chr(10) || kind || chr(10) || strftime(recorded_at,"
+            f" '{audit.TIME_FORMAT}') || chr(10) || {edited}) where seq = {seq}"
+        )
+        before = connection.execute("select * from audit.records order by seq").fetchall()
+        connection.execute("begin transaction")
+        assert not audit.admit_new_kinds(connection)
+        connection.execute("commit")
+        assert connection.execute("select * from audit.records order by seq").fetchall() == before
+        with pytest.raises(audit.ChainBroken, match=f"BROKEN at seq {seq + 1}"):
+            audit.record(connection, _monitoring_entries()[0])
