@@ -6,16 +6,32 @@ LightGBM are imported inside asset bodies so that the UI and the daemon load the
 
 import dagster as dg
 
-from orchestration.defs import features, governance, ingest, monitoring, scoring, training, transform
+from orchestration.defs import (
+    features,
+    governance,
+    ingest,
+    monitoring,
+    recovery,
+    scoring,
+    training,
+    transform,
+)
 from orchestration.partitions import daily_partitions
 from orchestration.resources import TxguardSettings
-from orchestration.runs import PIPELINE_JOB
+from orchestration.runs import CHAIN_AFTER_INGEST_JOB, PIPELINE_JOB
 
 daily_pipeline = dg.define_asset_job(
     PIPELINE_JOB,
     selection=dg.AssetSelection.all() - dg.AssetSelection.assets("landing_file_rejects"),
     partitions_def=daily_partitions,
     description="The whole chain for a partition range: ingest, dbt, checks, features, training, scoring.",
+)
+
+chain_after_ingest = dg.define_asset_job(
+    CHAIN_AFTER_INGEST_JOB,
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("ingest"),
+    partitions_def=daily_partitions,
+    description="The chain below ingestion, for the days of a range whose ingestion passed its check.",
 )
 
 defs = dg.Definitions.merge(
@@ -26,5 +42,6 @@ defs = dg.Definitions.merge(
     scoring.defs,
     monitoring.defs,
     governance.defs,
-    dg.Definitions(jobs=[daily_pipeline], resources={"settings": TxguardSettings()}),
+    recovery.defs,
+    dg.Definitions(jobs=[daily_pipeline, chain_after_ingest], resources={"settings": TxguardSettings()}),
 )

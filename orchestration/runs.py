@@ -1,15 +1,29 @@
-"""Headless runs: the whole chain for a partition range, through the same definitions the UI shows."""
+"""Headless runs: the whole chain for a partition range, through the same definitions the UI shows.
+
+Such a run executes in this process and names it as the run's owner in its tags, so that a later run (or
+the daemon's reaper) can tell when it died; runs left behind by dead processes are reaped before it starts,
+and ``RunGuard`` keeps it stoppable with Ctrl-C or SIGTERM and explains any wait for a pool slot.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from jobs.platform.layout import parse_day
+from jobs.platform.settings import load_settings
+from orchestration.processes import owner_tags
+from orchestration.recovery import dbt_targets, reap_dead_runs
+from orchestration.run_guard import RunGuard, free_run_slots, tell
 
 PIPELINE_JOB = "daily_pipeline"
+CHAIN_AFTER_INGEST_JOB = "chain_after_ingest"
+"""Everything below ingestion: what a range run reruns for the days whose ingestion passed its check."""
+INGEST_CHECK = "rejected_share_below_threshold"
 
 
 @dataclass
@@ -23,6 +37,12 @@ class RangeRunOutcome:
     failed_checks: list[str] = field(default_factory=list)
     warned_checks: list[str] = field(default_factory=list)
     skipped_steps: list[str] = field(default_factory=list)
+    stopped_by: str | None = None
+    """The signal (``SIGINT``, ``SIGTERM``) that stopped the run, None when it ran to its end."""
+    held_days: list[str] = field(default_factory=list)
+    """Days whose ingestion failed its blocking check: nothing below ingestion may be built on them."""
+    check_details: list[str] = field(default_factory=list)
+    """Each failed check's own account: for ingestion, the day, the file, the counts and the rules."""
 
 
 PARTITION_TAG = "dagster/partition"
@@ -46,6 +66,24 @@ def partition_range_of(tags: Mapping[str, str]) -> tuple[str, str] | None:
     return (first, last) if first and last else None
 
 
+def ranges_without(start: str, end: str, held: Iterable[str]) -> list[tuple[str, str]]:
+    """The contiguous stretches of ``[start, end]`` left once the ``held`` days are taken out."""
+    first, last, skipped = parse_day(start), parse_day(end), {parse_day(day) for day in held}
+    ranges: list[tuple[str, str]] = []
+    day, open_from = first, None
+    while day <= last:
+        if day in skipped:
+            if open_from is not None:
+                ranges.append((open_from.isoformat(), (day - dt.timedelta(days=1)).isoformat()))
+            open_from = None
+        elif open_from is None:
+            open_from = day
+        day += dt.timedelta(days=1)
+    if open_from is not None:
+        ranges.append((open_from.isoformat(), last.isoformat()))
+    return ranges
+
+
 def run_partition_range(
     defs: dg.Definitions,
     start: str,
@@ -53,15 +91,29 @@ def run_partition_range(
     instance: dg.DagsterInstance,
     job_name: str = PIPELINE_JOB,
     log_level: str = "INFO",
+    notify: Callable[[str], None] = tell,
 ) -> RangeRunOutcome:
-    """Execute the job for ``[start, end]`` as one run recorded in ``instance`` (so the UI lists it)."""
+    """Execute the job for ``[start, end]`` as one run recorded in ``instance`` (so the UI lists it).
+
+    Dead runs are reaped first (``notify`` says what was done); the run's slots are freed once it ended,
+    however it ended, since Dagster keeps the slot of a step that an interruption stopped.
+    """
     job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(
-        instance=instance,
-        tags={**partition_range_tags(start, end), "txguard/trigger": "cli"},
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        raise_on_error=False,
-    )
+    targets = dbt_targets(load_settings().home)
+    for done in reap_dead_runs(instance, targets):
+        notify(done.describe())
+    run_id = str(uuid.uuid4())
+    with RunGuard(instance, run_id, targets, notify) as guard:
+        try:
+            result = job.execute_in_process(
+                instance=instance,
+                run_id=run_id,
+                tags={**partition_range_tags(start, end), "txguard/trigger": "cli", **owner_tags()},
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+                raise_on_error=False,
+            )
+        finally:
+            free_run_slots(instance, run_id)
     outcome = RangeRunOutcome(run_id=result.run_id, success=result.success)
     for event in result.all_events:
         if event.is_step_failure:
@@ -80,5 +132,19 @@ def run_partition_range(
                     outcome.failed_checks.append(name)
                 else:
                     outcome.warned_checks.append(name)
+                if evaluation.description:
+                    outcome.check_details.extend(
+                        f"{name}: {line}" for line in evaluation.description.splitlines()
+                    )
+                if evaluation.check_name == INGEST_CHECK:
+                    failing = evaluation.metadata.get("failing_days")
+                    days = failing.value if failing is not None else []
+                    outcome.held_days.extend(day for day in days if day not in outcome.held_days)
     outcome.success = result.success and not outcome.failed_checks
+    if guard.signal is not None:
+        outcome.success = False
+        outcome.stopped_by = guard.signal.name
+        run = instance.get_run_by_id(run_id)
+        if run is not None:
+            instance.report_engine_event(f"txguard stopped this run on {guard.signal.name}.", run)
     return outcome

@@ -20,24 +20,21 @@ simulator"), with every draw made for all customers, days or transactions at onc
   small dataset keeps the handbook's fraud rate; at the handbook size they are exactly 2 and 3 (an expectation
   with a fraction is its floor plus a Bernoulli draw of the fraction).
 
-Handbook size (5,000 customers, 10,000 terminals, 183 days from 2018-04-01, radius 5), measured over seeds
-0-19 against the handbook's published run (1,754,155 transactions, 14,681 frauds = 0.837 %; frauds added by
-scenarios 1/2/3: 978 / 9,099 / 4,604, a mix of 6.7 / 62.0 / 31.4 %): mean 1,773,000 transactions (+1.1 %),
-0.833 % fraud (-0.4 %), scenarios 1 026 / 9 203 / 4 547 (+5.0 / +1.1 / -1.2 %). Scenario 1 rests on a few
-hundred big spenders and varies most between seeds (sd 5 %); the default seed 0 gives 1,783,688 transactions,
-0.834 % fraud, mix 7.3 / 61.7 / 31.1 %. Counts by scenario are the frauds each scenario adds in that order,
-as the handbook prints them. ``benchmarks/bench_simulate.py`` prints them side by side.
+At the handbook size (5,000 customers, 10,000 terminals, 183 days from 2018-04-01, radius 5) the totals,
+fraud rate and scenario mix are meant to match the handbook's published run; counts by scenario are the
+frauds each scenario adds in that order, as the handbook prints them. ``python -m benchmarks simulate``
+prints them side by side (the README has the comparison over seeds).
 
 Fraud reports (chargebacks): each fraud is reported at a uniform second from the start of the next day up to
-7 days after the transaction: strictly after it, and always for a transaction of an earlier day (DESIGN.md
-§2). Reports that would arrive after the last simulated day have not arrived yet: they are neither in
-``SimulatedData.fraud_reports`` nor written; the truth stays in ``transactions.tx_fraud``.
+7 days after the transaction: strictly after it, and always for a transaction of an earlier day, as the
+landing contract requires. Reports that would arrive after the last simulated day have not arrived yet: they
+are neither in ``SimulatedData.fraud_reports`` nor written; the truth stays in ``transactions.tx_fraud``.
 
 Drift (``drift_from``): from that day on, every amount is 1.5× larger, a quarter of the transactions move to
 the night (00:00-06:00), and a new fraud pattern appears, scenario 4 "card testing": each day 1 card per
 1,000 customers makes a burst of 2 + Poisson(3) transactions of 0.50-5.00 between 00:00 and 06:00, minutes
-apart, at one terminal anywhere on the grid (card not present). Against the month before, the amount PSI is
-about 0.25 and the night-share PSI about 0.3, so a PSI drift monitor fires; every transaction and report
+apart, at one terminal anywhere on the grid (card not present). The shift in amounts and in the night share
+is large enough for the PSI drift monitor to fire against the month before; every transaction and report
 before that day is identical to the run without drift.
 
 Reproducible: one ``numpy.random.SeedSequence`` per seed, with separate streams for profiles, transactions,

@@ -7,9 +7,12 @@ Dagster job the schedule uses, as one run the UI lists.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING
 
 import click
+
+from orchestration.cli.arguments import PARTITION_DAY, checked_range, refuse
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -36,22 +39,27 @@ def render(frame: pd.DataFrame, fmt: str, max_rows: int) -> str:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--max-rows", default=100, show_default=True, help="rows shown in table format")
 def sql(query: str, fmt: str, max_rows: int) -> None:
-    """Run QUERY on the analysts' read-only snapshot of the warehouse and print the result.
+    """Run QUERY on the analysts' read-only snapshot of the warehouse and print the result; a QUERY of -
+    reads it from stdin (txguard sql - < query.sql).
 
     Example: txguard sql "select day, count(*) alerts from scoring.transaction_scores where decision
     group by day order by day"
     """
     import duckdb
 
-    from jobs.platform.settings import SettingsError, load_settings
+    from jobs.platform.settings import load_settings
     from jobs.platform.warehouse import connect_snapshot
 
+    if query == "-":
+        query = click.get_text_stream("stdin").read()
+    if not query.strip():
+        raise refuse("the query is empty; give it as an argument, or - and the query on stdin", "QUERY")
+    snapshot = load_settings().snapshot_path
     try:
-        snapshot = load_settings().snapshot_path
         with connect_snapshot(snapshot) as connection:
             result = connection.sql(query)
             frame = result.df() if result is not None else None
-    except (SettingsError, FileNotFoundError) as error:
+    except FileNotFoundError as error:
         raise click.ClickException(str(error)) from None
     except duckdb.Error as error:
         raise click.ClickException(f"query failed on the read-only snapshot {snapshot}: {error}") from None
@@ -65,32 +73,32 @@ def _definitions() -> dg.Definitions:
 
 
 @click.command()
-@click.option("--from", "start", required=True, metavar="YYYY-MM-DD", help="first partition to rewrite")
-@click.option("--to", "end", required=True, metavar="YYYY-MM-DD", help="last partition, inclusive")
-def rescore(start: str, end: str) -> None:
+@click.option("--from", "start", required=True, type=PARTITION_DAY, help="first partition to rewrite")
+@click.option("--to", "end", required=True, type=PARTITION_DAY, help="last partition, inclusive")
+def rescore(start: dt.date, end: dt.date) -> None:
     """Rewrite the scores of a partition range with the current @champion, as one Dagster run.
 
     After ``txguard rollback`` this puts the restored version's scores in place of the rolled-back one's.
     """
+    checked_range(start, end)
     import dagster as dg
 
     from jobs.scoring.store import read_partitions
-    from orchestration.cli.pipeline import prepared_settings
+    from orchestration.cli.pipeline import (
+        execute_range,
+        exit_unless_succeeded,
+        prepared_settings,
+        print_outcome,
+    )
     from orchestration.defs.scoring import SCORING_JOB
-    from orchestration.runs import run_partition_range
 
     settings = prepared_settings()
     with dg.DagsterInstance.get() as instance:
-        try:
-            outcome = run_partition_range(_definitions(), start, end, instance, job_name=SCORING_JOB)
-        except ValueError as error:
-            raise click.ClickException(str(error)) from None
-    click.echo(f"\nrun {outcome.run_id}: {'succeeded' if outcome.success else 'FAILED'}")
-    if not outcome.success:
-        click.echo(f"  failed steps: {', '.join(outcome.failed_steps) or 'none'} (see the run's logs above)")
-        raise SystemExit(1)
+        outcome = execute_range(_definitions(), start, end, instance, SCORING_JOB)
+        print_outcome(instance, outcome)
+    exit_unless_succeeded(outcome)
     partitions = read_partitions(settings.snapshot_path)
-    chosen = partitions[partitions["day"].astype(str).between(start, end)]
+    chosen = partitions[partitions["day"].astype(str).between(start.isoformat(), end.isoformat())]
     for row in chosen.itertuples():
         model = f"{row.model_name} v{row.model_version}"
         click.echo(f"  {row.day}: {row.row_count} rows, {row.alert_count} alerts, {model}")

@@ -41,7 +41,7 @@ def demo(customers: int, terminals: int, days: int, seed: int) -> None:
             f"simulated {summary.transactions:,} transactions ({summary.fraud_rate:.2%} fraud) "
             f"into {settings.landing} as {summary.files_written} CSV files"
         )
-    run_range_or_exit(DEMO_START.isoformat(), last_day.isoformat())
+    run_range_or_exit(DEMO_START, last_day)
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s.")
     example = top_alert_query(settings.snapshot_path)
     click.echo("\nWhere to look:")

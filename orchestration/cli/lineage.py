@@ -2,6 +2,8 @@
 
 They read the analysts' snapshot, read-only: the answer is the last complete state the pipeline published,
 and asking never takes the warehouse's write lock, so it never blocks a run (and a run never blocks it).
+``audit verify`` is the exception: it checks the live warehouse, read-only, and waits (bounded) for a run that
+is writing, since a snapshot can hide an edit made after it was published.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from jobs.platform.settings import SettingsError, load_settings
+from jobs.platform.warehouse import LOCK_WAIT_SECONDS
 
 if TYPE_CHECKING:
     import duckdb
 
+    from jobs.governance.lineage import UiLinks
     from jobs.platform.settings import Settings
 
 
 def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
+    from jobs.platform.settings import load_settings
+
+    return load_settings()
 
 
 @contextlib.contextmanager
@@ -47,12 +49,23 @@ def _snapshot(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         yield connection
 
 
-def _answer(question: Callable[..., dict[str, Any]], args: tuple, fmt: str, output: Path | None) -> None:
+def _links(settings: Settings) -> UiLinks:
+    """Where answers link: this deployment's MLflow UI, ``txguard ui``, and the GX Data Docs once built."""
+    from jobs.governance.lineage import UiLinks
+
+    docs = settings.home / "gx" / "data_docs" / "index.html"
+    return UiLinks(mlflow=settings.mlflow_ui_url, data_docs=docs.as_uri() if docs.exists() else None)
+
+
+def _answer(
+    question: Callable[..., dict[str, Any]], args: tuple, fmt: str, output: Path | None, **options: Any
+) -> None:
     from jobs.governance.lineage import LineageNotFound, render
 
-    with _snapshot(_settings().snapshot_path) as connection:
+    settings = _settings()
+    with _snapshot(settings.snapshot_path) as connection:
         try:
-            answer = question(connection, *args)
+            answer = question(connection, *args, links=_links(settings), **options)
         except (LineageNotFound, ValueError) as error:
             raise click.ClickException(str(error)) from None
     text = render(answer, fmt)
@@ -90,10 +103,15 @@ def lineage() -> None:
 @click.argument("transaction_id", type=int)
 @_format_options
 def lineage_transaction(transaction_id: int, fmt: str, output: Path | None) -> None:
-    """Score, decision and reasons of TRANSACTION_ID, and the model, data, checks, runs and code behind it."""
-    from jobs.governance.lineage import transaction_lineage
+    """Score, decision and reasons of TRANSACTION_ID, and the model, data, checks, runs and code behind it.
 
-    _answer(transaction_lineage, (transaction_id,), fmt, output)
+    Each reason's feature value and contribution are recomputed from the lake and the verified model.
+    """
+    from jobs.governance.lineage import ReasonExplainer, transaction_lineage
+
+    settings = _settings()
+    explain = ReasonExplainer(settings.lake, settings.tracking_uri)
+    _answer(transaction_lineage, (transaction_id,), fmt, output, explain=explain)
 
 
 @lineage.command("partition")
@@ -111,7 +129,7 @@ def lineage_partition(day: str, fmt: str, output: Path | None) -> None:
 @click.option("--model-name", default=None, help="needed only when several models share VERSION")
 @_format_options
 def lineage_model(version: str, model_name: str | None, fmt: str, output: Path | None) -> None:
-    """What trained model VERSION, when it was champion, and what it scored."""
+    """What trained model VERSION, when it was champion, and what it scored, by period of days."""
     from jobs.governance.lineage import model_lineage
 
     _answer(model_lineage, (version, model_name), fmt, output)
@@ -122,22 +140,76 @@ def audit() -> None:
     """Integrity of the append-only audit records."""
 
 
+@contextlib.contextmanager
+def _read_only_waiting(path: Path, wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``path`` opened read-only; while a writer holds its lock, say so and wait up to ``wait_s``."""
+    import duckdb
+
+    from jobs.platform.warehouse import WarehouseBusy, connect
+
+    if not path.exists():
+        raise click.ClickException(
+            f"no warehouse at {path}: run the pipeline first (txguard run --from D --to D)"
+        )
+    try:
+        try:
+            connection = connect(path, read_only=True, lock_timeout_s=0)
+        except WarehouseBusy:
+            click.echo(
+                f"{path} is being written (a run holds its lock): waiting up to {wait_s:g} s", err=True
+            )
+            connection = connect(path, read_only=True, lock_timeout_s=wait_s)
+    except WarehouseBusy:
+        raise click.ClickException(
+            f"{path} is still locked by a writer after {wait_s:g} s: verify again when the run ends, or give"
+            " a longer --wait"
+        ) from None
+    except duckdb.Error as error:
+        raise click.ClickException(f"cannot open {path} read-only: {error}") from None
+    with connection:
+        yield connection
+
+
 @audit.command("verify")
 @click.option(
     "--database",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
-    help="a warehouse file to check (default: the analysts' snapshot)",
+    help="another warehouse file to check, e.g. the snapshot or a backup (default: the live warehouse)",
 )
-def audit_verify(database: Path | None) -> None:
-    """Recompute the hash chain of every audit record; exit 1 at the first broken link."""
-    from jobs.governance.audit import verify_chain
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=LOCK_WAIT_SECONDS,
+    show_default=True,
+    help="seconds to wait while a pipeline run holds the warehouse's write lock",
+)
+def audit_verify(database: Path | None, wait_s: float) -> None:
+    """Recompute the hash chain of every audit record in the live warehouse, compare it with the chain heads
+    kept in MLflow, and exit 1 at the first broken link (an edit, a removed or a rewritten tail).
 
-    with _snapshot(database or _settings().snapshot_path) as connection:
-        report = verify_chain(connection)
+    A file other than the live warehouse (--database) may end before the newest head, as a snapshot does.
+    """
+    from jobs.governance.audit import HEADS_EXPERIMENT, HeadsUnavailable, MlflowHeads, verify_chain
+
+    settings = _settings()
+    path = database or settings.warehouse_path
+    try:
+        heads = MlflowHeads.of(settings).all()
+    except HeadsUnavailable as error:
+        raise click.ClickException(f"{error}; nothing was verified") from None
+    with _read_only_waiting(path, wait_s) as connection:
+        report = verify_chain(connection, heads, live=path.resolve() == settings.warehouse_path.resolve())
     if not report.ok:
         raise click.ClickException(report.describe())
     click.echo(report.describe())
+    if not heads:
+        click.echo(
+            f"no chain head is kept in MLflow yet (experiment {HEADS_EXPERIMENT}): until a pipeline write"
+            " keeps one, removed or rewritten newest records cannot be detected",
+            err=True,
+        )
 
 
 @click.group()
@@ -170,6 +242,7 @@ def report_model(version: str, model_name: str | None, out_dir: Path | None) -> 
                 out_dir or settings.home / "reports",
                 model_name=model_name,
                 tracking_uri=settings.tracking_uri,
+                links=_links(settings),
             )
         except LineageNotFound as error:
             raise click.ClickException(str(error)) from None

@@ -10,14 +10,11 @@ import os
 
 import click
 
-from jobs.platform.settings import SettingsError, load_settings
-
 
 def _settings():
-    try:
-        return load_settings()
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
+    from jobs.platform.settings import load_settings
+
+    return load_settings()
 
 
 def _actor() -> str:
@@ -41,9 +38,9 @@ def _echo_record(record) -> None:
 @click.option("--reason", required=True, help="why (recorded with the decision)")
 def promote(version: int, reason: str) -> None:
     """Make a registered version the champion (bypasses the gate; recorded)."""
+    from jobs.registry.client import RegistryError
     from jobs.registry.decision_records import record_decision
-    from jobs.registry.registry import RegistryError
-    from jobs.registry.registry import promote as promote_version
+    from jobs.registry.promotion import promote as promote_version
 
     settings = _settings()
     try:
@@ -58,9 +55,9 @@ def promote(version: int, reason: str) -> None:
 @click.option("--reason", required=True, help="why (recorded with the decision)")
 def rollback(reason: str) -> None:
     """Give @champion back to the version the current champion replaced."""
+    from jobs.registry.client import RegistryError
     from jobs.registry.decision_records import record_decision
-    from jobs.registry.registry import RegistryError
-    from jobs.registry.registry import rollback as rollback_champion
+    from jobs.registry.promotion import rollback as rollback_champion
 
     settings = _settings()
     try:
@@ -78,8 +75,13 @@ def rollback(reason: str) -> None:
 @click.option("--lake", default=None, help="lake root (path or s3://); default: TXGUARD_LAKE_ROOT")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "cuda"]), default=None)
 def evaluate(protocol: str, lake: str | None, device: str | None) -> None:
-    """Train and test on the handbook's protocol and print the result next to the published table."""
+    """Train and test on the handbook's protocol and print the result next to the published table.
+
+    Refuses, naming the missing report days, while the lake lacks the fraud reports of the reporting delay
+    after the last test day: frauds still to be reported would count as genuine.
+    """
     from jobs.training.evaluate import format_results, run_protocol
+    from jobs.training.maturity import ImmatureLabels
     from jobs.training.trainer import DeviceUnavailable, TrainingDataError
 
     settings = _settings()
@@ -89,7 +91,7 @@ def evaluate(protocol: str, lake: str | None, device: str | None) -> None:
             run_protocol(lake or settings.lake, p, device=device or settings.training_device)
             for p in protocols
         ]
-    except (TrainingDataError, DeviceUnavailable) as error:
+    except (TrainingDataError, ImmatureLabels, DeviceUnavailable) as error:
         raise click.ClickException(str(error)) from None
     click.echo(format_results(results))
 

@@ -1,12 +1,10 @@
-"""``txguard simulate``: write a landing zone of simulated card transactions (DESIGN.md §2, §4)."""
+"""``txguard simulate``: write a landing zone of simulated card transactions, and the bad-file catalogue."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import click
-
-from jobs.platform.settings import SettingsError, load_settings
 
 _DATE = click.DateTime(formats=["%Y-%m-%d"])
 
@@ -51,8 +49,8 @@ _DATE = click.DateTime(formats=["%Y-%m-%d"])
 @click.option(
     "--bad-files",
     is_flag=True,
-    help="also write the catalogue of bad files (jobs/simulation/bad_files.py), one per fault, on the days after the "
-    "simulated range",
+    help="also write the catalogue of bad files (jobs/simulation/bad_files.py), one per fault, on the days "
+    "after the simulated range",
 )
 @click.option(
     "--no-progress", is_flag=True, help="no progress bar (it is also off when stderr is not a terminal)"
@@ -77,15 +75,13 @@ def simulate(
     file per day. Fraud reports arrive up to 7 days after the transaction; those that would arrive after the
     last day are not written.
     """
+    from jobs.platform.settings import load_settings
     from jobs.simulation.bad_files import write_bad_file_catalogue
     from jobs.simulation.simulator import SimulationConfig, write_landing
     from jobs.simulation.simulator import simulate as run_simulation
 
     if landing is None:
-        try:
-            landing = load_settings().landing
-        except SettingsError as error:
-            raise click.ClickException(str(error)) from None
+        landing = load_settings().landing
     try:
         config = SimulationConfig(
             customers=customers,

@@ -11,7 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.simulation.bad_files import CATALOGUE_DAYS, GOOD_ROWS, RULES, BadFile, write_bad_file_catalogue
+from jobs.simulation.bad_files import (
+    CATALOGUE,
+    CATALOGUE_DAYS,
+    GOOD_ROWS,
+    RULES,
+    BadFile,
+    write_bad_file_catalogue,
+)
 from jobs.simulation.simulator import FRAUD_REPORT_COLUMNS, TRANSACTION_COLUMNS
 
 FIRST_DAY = dt.date(2018, 10, 1)
@@ -172,3 +179,36 @@ def test_duplicates_in_file_repeat_the_declared_rows(catalogue: dict[str, BadFil
     lines = _lines(catalogue["duplicate_id_in_file"])
     assert lines[11] == lines[2]
     assert lines[18].split(b",")[0] == lines[7].split(b",")[0] and lines[18] != lines[7]
+
+
+def test_each_row_of_the_table_is_one_file_described_by_its_row(catalogue: dict[str, BadFile]) -> None:
+    assert [fault.name for fault in CATALOGUE] == list(catalogue)
+    for fault in CATALOGUE:
+        entry = catalogue[fault.name]
+        assert (entry.source, entry.rows, entry.bad_rows, entry.whole_file) == (
+            fault.source,
+            fault.rows,
+            fault.bad_rows,
+            fault.whole_file,
+        )
+        assert entry.expected_outcome == fault.outcome
+        assert Path(entry.path).name == fault.file_name.format(day=entry.day.isoformat())
+        assert "{" not in entry.fault and "}" not in entry.fault, entry.fault
+    reused = int(_lines(catalogue["duplicate_id_across_files"])[6].split(b",")[0])
+    assert f"reuses transaction_id {reused} " in catalogue["duplicate_id_across_files"].fault
+
+
+def test_a_new_fault_is_one_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.simulation import bad_files
+
+    header = ",".join(TRANSACTION_COLUMNS).encode() + b"\n"
+    extra = bad_files.Fault(
+        "header_only", "a header and no rows", "nothing to accept", rows=0, build=lambda _, day: header
+    )
+    monkeypatch.setattr(bad_files, "CATALOGUE", (*bad_files.CATALOGUE, extra))
+    written = write_bad_file_catalogue(str(tmp_path), FIRST_DAY, EXISTING_IDS)
+    assert [b.name for b in written] == [*RULES, "header_only"]
+    added = written[-1]
+    assert added.day == FIRST_DAY + dt.timedelta(days=CATALOGUE_DAYS)
+    assert Path(added.path) == tmp_path / "transactions" / f"{added.day.isoformat()}.csv"
+    assert Path(added.path).read_bytes() == header

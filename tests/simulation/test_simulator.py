@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -43,27 +42,10 @@ def small():
 
 
 @pytest.fixture
-def s3_landing(monkeypatch: pytest.MonkeyPatch):
-    """A bucket on a moto S3 server on 127.0.0.1, and the variables that point txguard at it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10)
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "TXGUARD_S3_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(name, value)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="landing")
-    yield client
-    server.stop()
+def s3_landing(moto_s3):
+    """A ``landing`` bucket on the moto S3 server."""
+    moto_s3.create_bucket(Bucket="landing")
+    return moto_s3
 
 
 def _files(root: Path) -> dict[str, bytes]:
