@@ -4,12 +4,12 @@
 reads each day's feature partition from the lake and replaces that day in the warehouse
 (``jobs.scoring.store``), all with the one model version the caller resolved for the whole run.
 
-Reason codes are the three largest positive LightGBM contributions (``pred_contrib=True``, exact TreeSHAP)
-of a row, as feature names. TreeSHAP costs about a hundred times a plain prediction, so by default
-(``explain="review"``) they are computed for the rows people review: every alert (``decision``) and the
-highest-scored transaction of each of the day's ``REVIEW_TOP_CARDS`` top cards (investigators work through
-cards by score, the handbook's card precision@100). Other rows carry null reasons; ``explain="all"``
-explains every row.
+Reason codes are the three largest positive LightGBM contributions (``pred_contrib=True``, exact TreeSHAP) of
+a row, as feature names. TreeSHAP costs far more than a plain prediction (``python -m benchmarks scoring``
+measures it), so by default (``explain="review"``) they are computed for the rows people review: every alert
+(``decision``) and the highest-scored transaction of each of the day's ``REVIEW_TOP_CARDS`` top cards
+(investigators work through cards by score, the handbook's card precision@100). Other rows carry null reasons;
+``explain="all"`` explains every row.
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ if TYPE_CHECKING:
     import lightgbm
 
     from jobs.platform.settings import Settings
-    from jobs.registry.registry import ModelRef
+    from jobs.registry.aliases import ModelRef
 
 Explain = Literal["review", "all", "none"]
 REVIEW_TOP_CARDS = 100
+PREVIEW_ALERTS = 5
+"""The day's highest-scored alerts kept for the run's preview: a glance, not the investigators' list."""
+PREVIEW_COLUMNS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "score", *REASON_COLUMNS)
 VERSION_COLUMN = "feature_set_version"
 
 
@@ -52,11 +55,13 @@ class MissingFeatures(ScoringInputError):
 
 @dataclass(frozen=True)
 class ScoredDay:
-    """One partition written: what the run's metadata and the audit trail report."""
+    """One partition written: what the run's metadata, its checks and the audit trail report."""
 
     write: PartitionWrite
     explained_rows: int
     score_seconds: float
+    feature_rows: int
+    top_alerts: pd.DataFrame
 
 
 def _check_input(features: pd.DataFrame, names: list[str], model: ModelRef, source: str) -> np.ndarray:
@@ -110,14 +115,17 @@ def score_features(
     booster: lightgbm.Booster,
     model: ModelRef,
     run_id: str,
-    scored_at: dt.datetime,
+    run_created_at: dt.datetime,
     *,
     explain: Explain = "review",
     source: str = "features",
 ) -> pd.DataFrame:
-    """Scores, decisions, reason codes and provenance for each row of ``features`` (one row per row)."""
-    if scored_at.tzinfo is None:
-        raise ValueError("scored_at must be timezone-aware (UTC)")
+    """Scores, decisions, reason codes and provenance for each row of ``features`` (one row per row).
+
+    The rows are a batch for ``jobs.scoring.store.write_partition``, which adds ``scored_at`` as it writes.
+    """
+    if run_created_at.tzinfo is None:
+        raise ValueError("run_created_at must be timezone-aware (UTC)")
     names = list(booster.feature_name())
     if names != list(FEATURE_COLUMNS):
         raise ScoringInputError(
@@ -154,7 +162,7 @@ def score_features(
             "model_version": model.version,
             "feature_set_version": model.feature_set_version,
             "dagster_run_id": run_id,
-            "scored_at": pd.Timestamp(scored_at).tz_convert("UTC"),
+            "run_created_at": pd.Timestamp(run_created_at).tz_convert("UTC"),
             "day": pd.Series(days, dtype=pd.ArrowDtype(pa.date32())),
         }
     )
@@ -179,7 +187,7 @@ def score_days(
     booster: lightgbm.Booster,
     *,
     run_id: str,
-    scored_at: dt.datetime,
+    run_created_at: dt.datetime,
     checks: Sequence[Mapping[str, Any]] = (),
     upstream_runs: Mapping[dt.date, Mapping[str, str]] | None = None,
     explain: Explain = "review",
@@ -187,18 +195,20 @@ def score_days(
     """Score and write each day with ``model``; each day is replaced atomically with its audit record.
 
     Checks that name an ``asset`` are upstream validations (pandera, dbt, Great Expectations): each is
-    recorded for the day before the day's scoring record, so the audit chain shows what gated it.
+    recorded for the day before the day's scoring record, so the audit chain shows what gated it. A broken
+    audit chain stops the day before anything is written, and each day's new chain head is kept in MLflow.
     """
-    from jobs.governance.audit import ScoringRun, ValidationResult, record
+    from jobs.governance.audit import MlflowHeads, ScoringRun, ValidationResult, anchored, record
 
     uris = require_features(settings.lake, days)
+    heads = MlflowHeads.of(settings)
     done = []
     with open_store(settings.warehouse_path) as connection:
         for day in days:
             started = time.perf_counter()
             features = storage.read_parquet(uris[day]).to_pandas()
             scores = score_features(
-                features, booster, model, run_id, scored_at, explain=explain, source=uris[day]
+                features, booster, model, run_id, run_created_at, explain=explain, source=uris[day]
             )
             explained = int(scores["reason_1"].notna().sum())
             seconds = time.perf_counter() - started
@@ -214,30 +224,38 @@ def score_days(
                 mlflow_run_id=model.run_id,
                 upstream_runs=dict((upstream_runs or {}).get(day, {})),
             )
-            for check in checks:
-                if "asset" in check:
-                    record(
-                        connection,
-                        ValidationResult(
-                            day=day,
-                            tool=str(check["tool"]),
-                            check_name=str(check["name"]),
-                            asset=str(check["asset"]),
-                            passed=bool(check["passed"]),
-                            details=dict(check),
-                            dagster_run_id=check.get("dagster_run_id"),
-                        ),
-                    )
-            write = write_partition(connection, day, scores, audit_entry=entry)
-            done.append(ScoredDay(write, explained, seconds))
+            with anchored(connection, heads, f"scoring {day}", run_id):
+                for check in checks:
+                    if "asset" in check:
+                        record(
+                            connection,
+                            ValidationResult(
+                                day=day,
+                                tool=str(check["tool"]),
+                                check_name=str(check["name"]),
+                                asset=str(check["asset"]),
+                                passed=bool(check["passed"]),
+                                details=dict(check),
+                                dagster_run_id=check.get("dagster_run_id"),
+                            ),
+                        )
+                write = write_partition(connection, day, scores, audit_entry=entry)
+            done.append(ScoredDay(write, explained, seconds, len(features), top_alerts(scores)))
     return done
 
 
+def top_alerts(scores: pd.DataFrame, limit: int = PREVIEW_ALERTS) -> pd.DataFrame:
+    """The ``limit`` highest-scored alerts of a scored batch, ties to the smaller transaction id."""
+    alerts = scores[scores["decision"]].sort_values(["score", "transaction_id"], ascending=[False, True])
+    return alerts.loc[:, list(PREVIEW_COLUMNS)].head(limit).reset_index(drop=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m jobs.scoring.batch --from D --to D``: score with @champion outside Dagster (ops, debugging)."""
+    """``python -m jobs.scoring.batch --from D --to D``: score with @champion outside Dagster (ops, debug)."""
     from jobs.platform.settings import load_settings
     from jobs.platform.warehouse import publish_snapshot
-    from jobs.registry.registry import CHAMPION, load_verified_booster, resolve_alias
+    from jobs.registry.aliases import CHAMPION, resolve_alias
+    from jobs.registry.tracking import load_verified_booster
 
     parser = argparse.ArgumentParser(prog="python -m jobs.scoring.batch", description=__doc__)
     parser.add_argument("--from", dest="start", required=True, type=parse_day)
@@ -249,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     days = [args.start + dt.timedelta(days=i) for i in range((args.end - args.start).days + 1)]
     run_id = f"cli-{uuid.uuid4()}"
     for scored in score_days(
-        settings, days, model, booster, run_id=run_id, scored_at=dt.datetime.now(dt.UTC)
+        settings, days, model, booster, run_id=run_id, run_created_at=dt.datetime.now(dt.UTC)
     ):
         write = scored.write
         print(f"{write.day}: {write.rows} rows, {write.alerts} alerts, {model.name} v{model.version}")

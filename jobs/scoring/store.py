@@ -1,21 +1,22 @@
 """The scores in the warehouse: one day's partition of ``scoring.transaction_scores`` replaced atomically.
 
-Why the write is shaped this way (DESIGN.md §5):
+Why the write is shaped this way (docs/architecture.md, "Warehouse"):
 
 - The day's rows are staged as an Arrow table, then swapped in by ONE DuckDB transaction: delete the day's
   rows, insert the staged rows, replace the day's line in ``scoring.score_partitions`` and append the
-  partition's audit record (``jobs.governance.audit``), commit. DuckDB logs a transaction only when it commits, so a
-  process killed anywhere before the commit leaves the previous rows, and one killed after it leaves the
-  new rows; a rerun simply replaces the partition again.
+  partition's audit record (``jobs.governance.audit``), commit. DuckDB logs a transaction only when it
+  commits, so a process killed anywhere before the commit leaves the previous rows, and one killed after it
+  leaves the new rows; a rerun simply replaces the partition again.
 - Idempotence: a rerun of a partition gives the same rows (same model, same features, rows ordered by
-  ``transaction_id``), never extra ones. Row identity is every column except ``dagster_run_id`` and
-  ``scored_at``, the provenance of the write; ``scored_at`` is fixed per run (the run's creation time), so
-  every partition a run writes carries the same value.
-- ``TXGUARD_FAULT_INJECTION`` (tests only) makes the writer SIGKILL its own process at a named point of the
-  swap: ``kill_between_delete_and_insert`` or ``kill_mid_swap`` (new rows inserted, partition record and
-  commit not yet done).
-- Another process holding the warehouse lock is waited for (``jobs.platform.warehouse.connect``); a write-write
-  conflict inside one process (two threads, two days) is retried.
+  ``transaction_id``), never extra ones. Row identity is every column except the provenance of the write:
+  ``dagster_run_id`` and ``run_created_at`` (the run's creation time, the same on every partition and retry
+  of a run) come with the batch, and ``scored_at`` is stamped here, in the swap's transaction, so it says
+  when the row was written, never earlier than the model version that scored it.
+- ``TXGUARD_FAULT_INJECTION`` (tests only, ``Settings.fault_injection``) makes the writer SIGKILL its own
+  process at a named point of the swap: ``kill_between_delete_and_insert`` or ``kill_mid_swap`` (new rows
+  inserted, partition record and commit not yet done).
+- Another process holding the warehouse lock is waited for (``jobs.platform.warehouse.connect``); a
+  write-write conflict inside one process (two threads, two days) is retried.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import datetime as dt
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 
 from jobs.platform.layout import SCORES_TABLE
+from jobs.platform.settings import FaultPoint, load_settings
 from jobs.platform.warehouse import connect
 
 if TYPE_CHECKING:
@@ -43,11 +45,11 @@ if TYPE_CHECKING:
     from jobs.governance.audit import ScoringRun
 
 PARTITIONS_TABLE = "scoring.score_partitions"
-FAULT_ENV = "TXGUARD_FAULT_INJECTION"
-FAULT_POINTS = ("kill_between_delete_and_insert", "kill_mid_swap")
 REASON_COLUMNS = ("reason_1", "reason_2", "reason_3")
-PROVENANCE_COLUMNS = ("dagster_run_id", "scored_at")
-"""Columns that say which run wrote a row; every other column is the same on a rerun."""
+WRITTEN_AT_COLUMN = "scored_at"
+"""Stamped by the writer when the row is written; a batch never carries it."""
+PROVENANCE_COLUMNS = ("dagster_run_id", "run_created_at", WRITTEN_AT_COLUMN)
+"""Columns that say which run wrote a row and when; every other column is the same on a rerun."""
 
 SCORES_SCHEMA = pa.schema(
     [
@@ -62,11 +64,17 @@ SCORES_SCHEMA = pa.schema(
         pa.field("model_version", pa.int32(), nullable=False),
         pa.field("feature_set_version", pa.string(), nullable=False),
         pa.field("dagster_run_id", pa.string(), nullable=False),
-        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field(WRITTEN_AT_COLUMN, pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("day", pa.date32(), nullable=False),
     ]
 )
 SCORE_COLUMNS: tuple[str, ...] = tuple(SCORES_SCHEMA.names)
+"""The table's columns, as ``read_scores`` returns them."""
+BATCH_SCHEMA = SCORES_SCHEMA.remove(SCORES_SCHEMA.get_field_index(WRITTEN_AT_COLUMN))
+BATCH_COLUMNS: tuple[str, ...] = tuple(BATCH_SCHEMA.names)
+"""The columns a partition write takes, as ``jobs.scoring.batch.score_features`` gives them: all but
+``scored_at``."""
 
 _DDL = f"""
 create schema if not exists scoring;
@@ -84,6 +92,7 @@ create table if not exists {SCORES_TABLE} (
     model_version integer not null,
     feature_set_version varchar not null,
     dagster_run_id varchar not null,
+    run_created_at timestamptz not null,
     scored_at timestamptz not null,
     day date not null
 );
@@ -117,35 +126,45 @@ class PartitionWrite:
     seconds: float
 
 
-def fault_point() -> str | None:
-    """The kill point requested through ``TXGUARD_FAULT_INJECTION``; an unknown value is refused."""
-    value = os.environ.get(FAULT_ENV, "").strip()
-    if not value:
-        return None
-    if value not in FAULT_POINTS:
-        raise ValueError(f"{FAULT_ENV}={value!r}: expected one of {', '.join(FAULT_POINTS)}")
-    return value
+@dataclass(frozen=True)
+class PartitionFacts:
+    """What the warehouse holds for one day, as the asset checks on the scores judge it."""
+
+    day: dt.date
+    rows: int
+    distinct_transactions: int
+    null_scores: int
+    unversioned_rows: int
+    alerts: int
 
 
-def _maybe_kill(point: str, requested: str | None) -> None:
+def fault_point() -> FaultPoint | None:
+    """The kill point the process's settings request; an unknown one is a ``SettingsError``."""
+    return load_settings().fault_injection
+
+
+def _maybe_kill(point: FaultPoint, requested: FaultPoint | None) -> None:
     if requested == point:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def ensure_tables(connection: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables; a scores table from before ``run_created_at`` gains it (empty on its old rows)."""
     connection.execute(_DDL)
+    connection.execute(f"alter table {SCORES_TABLE} add column if not exists run_created_at timestamptz")
 
 
 def _staged(day: dt.date, scores: pd.DataFrame) -> pa.Table:
     """The rows as Arrow in table order, after the checks that keep a partition whole and unique."""
     what = f"scores for partition {day}"
-    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
-    extra = [c for c in scores.columns if c not in SCORE_COLUMNS]
+    missing = [c for c in BATCH_COLUMNS if c not in scores.columns]
+    extra = [c for c in scores.columns if c not in BATCH_COLUMNS]
     if missing or extra:
         raise ScoreWriteError(
-            f"{what}: columns differ from {SCORES_TABLE} (missing {missing}, unexpected {extra})"
+            f"{what}: columns differ from a batch of {SCORES_TABLE} (missing {missing}, unexpected {extra}; "
+            f"{WRITTEN_AT_COLUMN} is stamped by the writer)"
         )
-    required = [field.name for field in SCORES_SCHEMA if not field.nullable]
+    required = [field.name for field in BATCH_SCHEMA if not field.nullable]
     null = scores[required].isna().to_numpy()
     if null.any():
         row, column = (int(i) for i in np.argwhere(null)[0])
@@ -154,7 +173,7 @@ def _staged(day: dt.date, scores: pd.DataFrame) -> pa.Table:
             f"{int(null.any(axis=1).sum())} row(s) affected)"
         )
     try:
-        table = pa.Table.from_pandas(scores[list(SCORE_COLUMNS)], schema=SCORES_SCHEMA, preserve_index=False)
+        table = pa.Table.from_pandas(scores[list(BATCH_COLUMNS)], schema=BATCH_SCHEMA, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as error:
         raise ScoreWriteError(f"{what}: {error}") from None
     days = table.column("day").to_numpy(zero_copy_only=False).astype("datetime64[D]")
@@ -203,7 +222,8 @@ def write_partition(
     *,
     audit_entry: ScoringRun | None = None,
 ) -> PartitionWrite:
-    """Replace partition ``day`` of the scores table with ``scores`` in one transaction."""
+    """Replace partition ``day`` of the scores table with ``scores`` in one transaction, stamping
+    ``scored_at`` with the time of that transaction."""
     return _write_staged(connection, day, _staged(day, scores), fault_point(), audit_entry)
 
 
@@ -247,23 +267,27 @@ def _swap(
 ) -> int:
     import duckdb
 
-    columns = ", ".join(SCORE_COLUMNS)
+    columns = ", ".join(BATCH_COLUMNS)
     connection.execute("begin transaction")
     try:
+        written_at = dt.datetime.now(dt.UTC)
         replaced = connection.execute(f"delete from {SCORES_TABLE} where day = ?", [day]).fetchone()[0]
         _maybe_kill("kill_between_delete_and_insert", requested)
-        connection.execute(f"insert into {SCORES_TABLE} ({columns}) select {columns} from staged_scores")
+        connection.execute(
+            f"insert into {SCORES_TABLE} ({columns}, {WRITTEN_AT_COLUMN}) "
+            f"select {columns}, ? from staged_scores",
+            [written_at],
+        )
         _maybe_kill("kill_mid_swap", requested)
         connection.execute(f"delete from {PARTITIONS_TABLE} where day = ?", [day])
         connection.execute(
             f"""
             insert into {PARTITIONS_TABLE}
             select ?, count(*), count(*) filter (where decision), any_value(model_name),
-                any_value(model_version), any_value(feature_set_version), any_value(dagster_run_id),
-                any_value(scored_at)
+                any_value(model_version), any_value(feature_set_version), any_value(dagster_run_id), ?
             from staged_scores
             """,
-            [day],
+            [day, written_at],
         )
         if audit_entry is not None:
             from jobs.governance import audit
@@ -293,6 +317,33 @@ def read_scores(path: Path, start: dt.date | None = None, end: dt.date | None = 
             order by day, transaction_id
         """
         return _to_pandas(connection.sql(query, params={"start": start, "end": end}).to_arrow_table())
+
+
+def read_partition_facts(path: Path, days: Sequence[dt.date]) -> dict[dt.date, PartitionFacts]:
+    """Each day's rows, distinct transactions, null or NaN scores, rows without a model name or version, and
+    alerts, read back from ``path`` after a write: a day without rows counts zeros."""
+    found = {day: PartitionFacts(day, 0, 0, 0, 0, 0) for day in days}
+    if not days:
+        return found
+    with connect(path, read_only=True) as connection:
+        if not _has_table(connection):
+            return found
+        rows = connection.execute(
+            f"""
+            select day, count(*), count(distinct transaction_id),
+                count(*) filter (where score is null or isnan(score)),
+                count(*) filter (where model_name is null or model_version is null),
+                count(*) filter (where decision)
+            from {SCORES_TABLE}
+            where day between ? and ?
+            group by day
+            """,
+            [min(days), max(days)],
+        ).fetchall()
+    for day, *counts in rows:
+        if day in found:
+            found[day] = PartitionFacts(day, *(int(c) for c in counts))
+    return found
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:

@@ -1,1 +1,1 @@
-"""One module per domain, each exporting ``defs``."""
+"""One module per domain, each exporting ``defs``; ``conventions`` holds what every domain's assets share."""

@@ -1,11 +1,12 @@
-"""Features: the point-in-time feature table, built by the Spark job of jobs/features/spark_job.py via Dagster Pipes.
+"""Features: the point-in-time feature table, built by the Spark job (``jobs.features.spark_job``) via Pipes.
 
-The job runs in its own process (its own JVM), launched by ``PipesSubprocessClient``: ``python -m
-jobs.features.spark_job`` against ``TXGUARD_SPARK_MASTER`` (``local[*]``, or a ``spark://`` master), or through
-``spark-submit`` when the run config names one (YARN, Kubernetes). Either way the driver runs here (client
-mode), so Pipes' local message channel carries the job's row counts, null rates and feature-set version back.
-The contract check reads the written files with pandas and blocks training and scoring when a partition
-breaks it.
+The job runs in its own process (its own JVM), launched by ``PipesSubprocessClient``:
+``python -m jobs.features.spark_job`` against ``TXGUARD_SPARK_MASTER`` (``local[*]``, or a ``spark://``
+master), or through ``spark-submit`` when the run config names one (YARN, Kubernetes). Either way the driver
+runs here (client mode), so Pipes' local message channel carries the job's row counts, null rates and
+feature-set version back: each day's materialization records that day's rows, the build's totals are the
+``run_*`` keys. The contract check reads the written files with pandas and blocks training and scoring when a
+partition breaks it.
 """
 
 import datetime as dt
@@ -15,8 +16,9 @@ import dagster as dg
 from pydantic import Field
 
 from jobs.features.definitions import FEATURE_SET_VERSION
-from jobs.platform.layout import parse_day
+from jobs.platform.layout import TRANSACTION_FEATURES, dataset_uri, parse_day
 from jobs.platform.settings import REPO_ROOT
+from orchestration.defs.conventions import FRAUD_ML, table_metadata
 from orchestration.partitions import daily_partitions, on_upstream_update, single_run_backfill, with_its_asset
 from orchestration.resources import TxguardSettings
 
@@ -37,10 +39,16 @@ class FeatureJobConfig(dg.Config):
 def feature_job_command(
     start: dt.date, end: dt.date, lake: str, master: str, spark_submit: str = ""
 ) -> list[str]:
-    """The command line of one feature build: the same job standalone, under Pipes, or on a cluster."""
+    """The command line of one feature build: the same job standalone, under Pipes, or on a cluster.
+
+    Either way the process dies with the step that starts it: the job binds itself to its parent, and
+    ``spark-submit`` (whose JVM starts the job) is started bound by ``orchestration.processes``.
+    """
     arguments = ["--start", start.isoformat(), "--end", end.isoformat(), "--lake", lake, "--master", master]
     if spark_submit:
-        return [spark_submit, "--master", master, str(REPO_ROOT / "jobs" / "features.py"), *arguments]
+        job = str(REPO_ROOT / "jobs" / "features" / "spark_job.py")
+        bound = [sys.executable, "-m", "orchestration.processes"]
+        return [*bound, spark_submit, "--master", master, job, *arguments]
     return [sys.executable, "-m", "jobs.features.spark_job", *arguments]
 
 
@@ -58,12 +66,30 @@ def contract_check(lake: str, days: list[dt.date]) -> dg.AssetCheckResult:
     )
 
 
+def contract_table_schema() -> dg.TableSchema:
+    """The feature contract's columns (``jobs.features.contract``), as every written partition holds them."""
+    from jobs.features.contract import FEATURE_SCHEMA
+
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name,
+                str(column.dtype),
+                constraints=dg.TableColumnConstraints(nullable=column.nullable, unique=column.unique),
+            )
+            for name, column in FEATURE_SCHEMA.columns.items()
+        ]
+    )
+
+
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=single_run_backfill,
     group_name="features",
     deps=UPSTREAM,
     kinds={"spark", "parquet"},
+    owners=[FRAUD_ML],
+    code_version=FEATURE_SET_VERSION,
     metadata={"feature_set_version": FEATURE_SET_VERSION},
     automation_condition=on_upstream_update(),
     check_specs=[
@@ -83,15 +109,23 @@ def transaction_features(
     pipes_subprocess_client: dg.PipesSubprocessClient,
     config: FeatureJobConfig,
 ) -> dg.MaterializeResult:
-    """Point-in-time features per transaction (DESIGN.md §3), one Parquet file per day; a range in one job."""
+    """Point-in-time features per transaction, one Parquet file per day; a range in one job."""
     txguard = settings.load()
     days = [parse_day(key) for key in context.partition_keys]
     command = feature_job_command(days[0], days[-1], txguard.lake, txguard.spark_master, config.spark_submit)
     context.log.info(f"launching {' '.join(command)}")
     invocation = pipes_subprocess_client.run(command=command, context=context, cwd=str(REPO_ROOT))
-    reported = invocation.get_materialize_result()
+    reported = dict(invocation.get_materialize_result().metadata or {})
+    table, schema = dataset_uri(txguard.lake, TRANSACTION_FEATURES), contract_table_schema()
+    rows_per_day, version = reported.pop("rows_per_day").value, reported.pop("feature_set_version")
+    for day in context.partition_keys:
+        context.add_asset_metadata(
+            {**table_metadata(table, rows_per_day[day], schema), "feature_set_version": version},
+            partition_key=day,
+        )
     return dg.MaterializeResult(
-        metadata=reported.metadata, check_results=[contract_check(txguard.lake, days)]
+        metadata={f"run_{key}": value for key, value in reported.items()},
+        check_results=[contract_check(txguard.lake, days)],
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from orchestration.defs.conventions import COLUMN_SCHEMA, ROW_COUNT
 from orchestration.resources import TxguardSettings
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from jobs.governance.openlineage import Column, DatasetRef, EndState, Materialization
     from jobs.platform.settings import Settings
 
-COLUMN_SCHEMA = "dagster/column_schema"
-ROW_COUNT = "dagster/row_count"
 _EVENT_TYPES = {
     dg.DagsterEventType.STEP_START,
     dg.DagsterEventType.STEP_FAILURE,

@@ -2,23 +2,38 @@
 
 The asset pins ``@champion`` to one version per run (a run tag records it, so a step retry or a
 re-execution of the run scores with the same version even if the alias has moved since), checks the
-artifact's SHA-256 before loading it, replaces each day atomically, then publishes the analysts' snapshot.
+artifact's SHA-256 before loading it and replaces each day atomically. Its checks then read the written days
+back from the warehouse; the analysts' snapshot is published only when the blocking ones passed, so a day
+with lost rows, null scores or unversioned rows never reaches analysts through this run.
 """
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from jobs.platform.layout import parse_day
+from jobs.platform.layout import SCORES_TABLE, parse_day
+from orchestration.defs.conventions import (
+    FRAUD_ML,
+    TABLE_NAME,
+    mlflow_model_version_url,
+    mlflow_run_url,
+    source_version,
+    table_metadata,
+    table_schema,
+)
 from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, scoring_cron, single_run_backfill
 from orchestration.resources import TxguardSettings
 from orchestration.runs import partition_range_of, partition_range_tags
 
 if TYPE_CHECKING:
-    from jobs.registry.registry import ModelRef
+    import pandas as pd
+
+    from jobs.registry.aliases import ModelRef
     from jobs.scoring.batch import ScoredDay
+    from jobs.scoring.store import PartitionFacts
 
 SCORING_JOB = "scoring_job"
 PINNED_VERSION_TAG = "txguard/model_version"
@@ -28,7 +43,7 @@ PROMOTION_KEY = dg.AssetKey("model_promotion")
 
 def pinned_champion(context: dg.AssetExecutionContext, tracking_uri: str) -> "ModelRef":
     """The version this run scores with: the one pinned on the run, else @champion now (then pinned)."""
-    from jobs.registry.registry import CHAMPION, model_ref, resolve_alias
+    from jobs.registry.aliases import CHAMPION, model_ref, resolve_alias
 
     pinned = context.run.tags.get(PINNED_VERSION_TAG)
     if pinned:
@@ -39,7 +54,7 @@ def pinned_champion(context: dg.AssetExecutionContext, tracking_uri: str) -> "Mo
 
 
 def run_created_at(context: dg.AssetExecutionContext) -> dt.datetime:
-    """``scored_at`` for every row of the run: when the run was created, the same on any retry."""
+    """``run_created_at`` of every row of the run: when the run was created, the same on any retry."""
     record = context.instance.get_run_record_by_id(context.run_id)
     created = record.create_timestamp if record else dt.datetime.now(dt.UTC)
     return created if created.tzinfo else created.replace(tzinfo=dt.UTC)
@@ -60,23 +75,145 @@ def upstream_runs(context: dg.AssetExecutionContext, keys: Sequence[str]) -> dic
     return found
 
 
-def scoring_metadata(
-    model: "ModelRef", days: "list[ScoredDay]", seconds: float
+def alerts_markdown(alerts: "pd.DataFrame") -> str:
+    """A day's top alerts as a Markdown table for the UI: time, card, terminal, score and reasons."""
+    if alerts.empty:
+        return "No alert this day."
+    lines = [
+        "| transaction | time (UTC) | card | terminal | score | reasons |",
+        "| ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for row in alerts.itertuples(index=False):
+        reasons = ", ".join(r for r in (row.reason_1, row.reason_2, row.reason_3) if isinstance(r, str))
+        lines.append(
+            f"| {row.transaction_id} | {row.tx_datetime:%Y-%m-%d %H:%M:%S} | {row.customer_id} | "
+            f"{row.terminal_id} | {row.score:.4f} | {reasons or '—'} |"
+        )
+    return "\n".join(lines)
+
+
+def day_metadata(scored: "ScoredDay") -> dict[str, dg.MetadataValue]:
+    """One day's own numbers, recorded on that day's materialization."""
+    from jobs.scoring.store import SCORES_SCHEMA
+
+    write = scored.write
+    return {
+        **table_metadata(SCORES_TABLE, write.rows, table_schema(SCORES_SCHEMA)),
+        "alerts": dg.MetadataValue.int(write.alerts),
+        "explained_rows": dg.MetadataValue.int(scored.explained_rows),
+        "replaced_rows": dg.MetadataValue.int(write.replaced_rows),
+        "top_alerts": dg.MetadataValue.md(alerts_markdown(scored.top_alerts)),
+    }
+
+
+def run_metadata(
+    model: "ModelRef", days: "list[ScoredDay]", seconds: float, mlflow_ui: str
 ) -> dict[str, dg.MetadataValue]:
+    """What is the same on every day of the run: the model and its links, and the run's totals (``run_*``)."""
     rows = sum(d.write.rows for d in days)
     return {
-        "rows": dg.MetadataValue.int(rows),
-        "alerts": dg.MetadataValue.int(sum(d.write.alerts for d in days)),
         "model": dg.MetadataValue.text(f"{model.name} v{model.version}"),
         "model_version": dg.MetadataValue.int(model.version),
         "artifact_sha256": dg.MetadataValue.text(model.artifact_sha256),
         "feature_set_version": dg.MetadataValue.text(model.feature_set_version),
-        "rows_per_second": dg.MetadataValue.float(rows / seconds if seconds > 0 else 0.0),
-        "explained_rows": dg.MetadataValue.int(sum(d.explained_rows for d in days)),
-        "partitions": dg.MetadataValue.json(
-            [{"day": d.write.day.isoformat(), "rows": d.write.rows, "alerts": d.write.alerts} for d in days]
-        ),
+        "mlflow_run": mlflow_run_url(mlflow_ui, model.run_id),
+        "mlflow_model_version": mlflow_model_version_url(mlflow_ui, model.name, model.version),
+        "run_days": dg.MetadataValue.int(len(days)),
+        "run_rows": dg.MetadataValue.int(rows),
+        "run_alerts": dg.MetadataValue.int(sum(d.write.alerts for d in days)),
+        "run_rows_per_second": dg.MetadataValue.float(rows / seconds if seconds > 0 else 0.0),
     }
+
+
+ROWS_CHECK = "one_row_per_feature_row"
+NULL_SCORE_CHECK = "no_null_score"
+VERSIONED_CHECK = "every_row_versioned"
+ALERT_SHARE_CHECK = "alert_share_in_band"
+BLOCKING_CHECKS = (ROWS_CHECK, NULL_SCORE_CHECK, VERSIONED_CHECK)
+"""What analysts rely on in every row: they block the snapshot and everything built on the scores."""
+ALERT_SHARE_MIN = 0.0001
+"""0.01 %: the threshold aims at about 100 cards a day, so a day without a single alert in ten thousand
+transactions says the threshold or the features are off, not that fraud stopped."""
+ALERT_SHARE_MAX = 0.20
+"""20 %: investigators review about 100 cards a day; a fifth of the day alerted would bury them, and points
+at a broken threshold or feature rather than a fraud wave. Outside the band warns; it does not block."""
+
+SCORES_CHECK_SPECS = [
+    dg.AssetCheckSpec(
+        ROWS_CHECK,
+        asset="transaction_scores",
+        blocking=True,
+        description="each scored day holds exactly one row per row of its feature partition, one per "
+        "transaction",
+    ),
+    dg.AssetCheckSpec(
+        NULL_SCORE_CHECK, asset="transaction_scores", blocking=True, description="no row without a score"
+    ),
+    dg.AssetCheckSpec(
+        VERSIONED_CHECK,
+        asset="transaction_scores",
+        blocking=True,
+        description="every row names the model and the version that scored it",
+    ),
+    dg.AssetCheckSpec(
+        ALERT_SHARE_CHECK,
+        asset="transaction_scores",
+        description=f"each day's alerted share is within {ALERT_SHARE_MIN:.2%}..{ALERT_SHARE_MAX:.0%} "
+        "(a warning outside)",
+    ),
+]
+
+
+def _verdict(
+    name: str, failing: "dict[dt.date, str]", facts: "dict[dt.date, PartitionFacts]", when_passed: str
+) -> dg.AssetCheckResult:
+    """One check over the run's days: each failing day named with what is wrong, every day's counts."""
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=not failing,
+        severity=dg.AssetCheckSeverity.ERROR if name in BLOCKING_CHECKS else dg.AssetCheckSeverity.WARN,
+        description="\n".join(f"{day}: {why}" for day, why in sorted(failing.items())) or when_passed,
+        metadata={
+            "failing_days": dg.MetadataValue.json([day.isoformat() for day in sorted(failing)]),
+            "days": dg.MetadataValue.json(
+                {
+                    day.isoformat(): dataclasses.asdict(f) | {"day": day.isoformat()}
+                    for day, f in facts.items()
+                }
+            ),
+        },
+    )
+
+
+def scores_checks(
+    days: "list[ScoredDay]", facts: "dict[dt.date, PartitionFacts]"
+) -> list[dg.AssetCheckResult]:
+    """The four checks over the run's days, judged on what the warehouse holds after the write."""
+    expected = {d.write.day: d.feature_rows for d in days}
+    lost = {
+        day: f"{f.rows} rows ({f.distinct_transactions} transactions) for {expected[day]} feature rows"
+        for day, f in facts.items()
+        if not f.rows == f.distinct_transactions == expected[day]
+    }
+    null = {day: f"{f.null_scores} rows without a score" for day, f in facts.items() if f.null_scores}
+    unversioned = {
+        day: f"{f.unversioned_rows} rows without a model name or version"
+        for day, f in facts.items()
+        if f.unversioned_rows
+    }
+    outside = {
+        day: f"{f.alerts} alerts in {f.rows} rows ({f.alerts / f.rows:.3%})"
+        for day, f in facts.items()
+        if f.rows and not ALERT_SHARE_MIN <= f.alerts / f.rows <= ALERT_SHARE_MAX
+    }
+    n = len(facts)
+    band = f"{ALERT_SHARE_MIN:.2%}..{ALERT_SHARE_MAX:.0%}"
+    return [
+        _verdict(ROWS_CHECK, lost, facts, f"{n} day(s): one row per feature row"),
+        _verdict(NULL_SCORE_CHECK, null, facts, f"{n} day(s): every row scored"),
+        _verdict(VERSIONED_CHECK, unversioned, facts, f"{n} day(s): every row names its model version"),
+        _verdict(ALERT_SHARE_CHECK, outside, facts, f"{n} day(s): alerted share within {band} (or no rows)"),
+    ]
 
 
 @dg.asset(
@@ -86,14 +223,19 @@ def scoring_metadata(
     pool=WAREHOUSE_POOL,
     deps=[FEATURES_KEY, PROMOTION_KEY],
     kinds={"lightgbm", "duckdb"},
+    owners=[FRAUD_ML],
+    code_version=source_version("jobs.scoring"),
+    metadata={TABLE_NAME: SCORES_TABLE},
+    check_specs=SCORES_CHECK_SPECS,
     description="Each transaction's fraud score, decision and top-3 reasons, by the champion pinned per run.",
 )
 def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     import time
 
     from jobs.platform.warehouse import publish_snapshot
-    from jobs.registry.registry import load_verified_booster
+    from jobs.registry.tracking import load_verified_booster
     from jobs.scoring.batch import score_days
+    from jobs.scoring.store import read_partition_facts
 
     loaded = settings.load()
     started = time.perf_counter()
@@ -117,12 +259,22 @@ def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSetti
         model,
         booster,
         run_id=context.run_id,
-        scored_at=run_created_at(context),
+        run_created_at=run_created_at(context),
         checks=checks,
         upstream_runs=upstream_runs(context, keys),
     )
-    publish_snapshot(loaded.warehouse_path, loaded.snapshot_path)
-    return dg.MaterializeResult(metadata=scoring_metadata(model, days, time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    verdicts = scores_checks(days, read_partition_facts(loaded.warehouse_path, [d.write.day for d in days]))
+    blocked = [v.check_name for v in verdicts if not v.passed and v.check_name in BLOCKING_CHECKS]
+    if blocked:
+        context.log.error(f"snapshot not published: {', '.join(blocked)} failed")
+    else:
+        publish_snapshot(loaded.warehouse_path, loaded.snapshot_path)
+    for scored in days:
+        context.add_asset_metadata(day_metadata(scored), partition_key=scored.write.day.isoformat())
+    return dg.MaterializeResult(
+        metadata=run_metadata(model, days, seconds, loaded.mlflow_ui_url), check_results=verdicts
+    )
 
 
 PANDERA_ASSETS = {"raw_transactions", "raw_fraud_reports", "transaction_features"}

@@ -16,7 +16,7 @@ too.
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,12 +33,14 @@ from dagster_dbt import (
 from jobs.platform.settings import REPO_ROOT, Settings
 from jobs.platform.warehouse import publish_snapshot
 from jobs.transform.dbt_windows import PartitionWindow, dbt_build_args, dbt_environment, window_from_keys
+from orchestration.defs.conventions import DATA_PLATFORM
 from orchestration.partitions import (
     WAREHOUSE_POOL,
     daily_partitions,
     on_upstream_update,
     single_run_backfill,
 )
+from orchestration.processes import bound_launcher
 from orchestration.resources import TxguardSettings
 
 if TYPE_CHECKING:
@@ -105,8 +107,21 @@ dbt_project = prepared_project()
 
 class TxguardDbtTranslator(DagsterDbtTranslator):
     """The landing sources are the ingest assets (other sources keep dagster-dbt's key, which honours
-    ``meta.dagster.asset_key``); a model's key is its name, not schema/name; models are in ``transform``
-    and follow their upstream by declarative automation."""
+    ``meta.dagster.asset_key``); a model's key is its name, not schema/name; models are in ``transform``,
+    owned by the data platform, and follow their upstream by declarative automation. Kinds, code versions
+    (a hash of each model's SQL), table names and column schemas are dagster-dbt's own."""
+
+    def get_owners(self, dbt_resource_props: Mapping[str, Any]) -> Sequence[str]:
+        return [DATA_PLATFORM]
+
+    def get_description(self, dbt_resource_props: Mapping[str, Any]) -> str:
+        """The first sentence of the model's dbt description (its grain), on one line; the rest of the
+        description and the SQL stay in the dbt docs."""
+        text = " ".join(str(dbt_resource_props.get("description") or "").split())
+        first = text.split(". ", 1)[0].rstrip(".")
+        if first:
+            return f"{first}."
+        return f"dbt {dbt_resource_props['resource_type']} {dbt_resource_props['name']}"
 
     def get_automation_condition(
         self, dbt_resource_props: Mapping[str, Any]
@@ -191,8 +206,9 @@ dbt_scoring_marts = window_dbt_assets(
 )
 
 
-def check_metadata(summary: "SuiteSummary") -> dict[str, dg.MetadataValue]:
-    """What failed, what was observed, sample rows and the Data Docs page: enough to act on in the UI."""
+def check_metadata(summary: "SuiteSummary", docs_index: Path) -> dict[str, dg.MetadataValue]:
+    """What failed, what was observed, sample rows and the Data Docs (this validation's page and the site's
+    index, ``file://`` URLs): enough to act on in the UI."""
     metadata: dict[str, dg.MetadataValue] = {
         "expectations_passed": dg.MetadataValue.int(len(summary.passed)),
         "expectations_failed": dg.MetadataValue.int(len(summary.failed)),
@@ -204,6 +220,8 @@ def check_metadata(summary: "SuiteSummary") -> dict[str, dg.MetadataValue]:
     }
     if summary.data_docs:
         metadata["data_docs"] = dg.MetadataValue.url(summary.data_docs)
+    if docs_index.is_file():
+        metadata["data_docs_index"] = dg.MetadataValue.url(docs_index.as_uri())
     return metadata
 
 
@@ -231,8 +249,9 @@ def gx_staged_suites(
     loaded = settings.load()
     selected = context.selected_asset_check_keys
     suites = [s for s, key in SUITE_ASSETS.items() if dg.AssetCheckKey(key, GX_CHECK_NAME) in selected]
+    gx_root = loaded.home / "gx"
     summaries = validate_staged(
-        loaded.warehouse_path, run_window(context), loaded.home / "gx", context.run.run_id, suites
+        loaded.warehouse_path, run_window(context), gx_root, context.run.run_id, suites
     )
     for suite in suites:
         key = SUITE_ASSETS[suite]
@@ -241,12 +260,17 @@ def gx_staged_suites(
             check_name=GX_CHECK_NAME,
             passed=summaries[suite].success,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata=check_metadata(summaries[suite]),
+            metadata=check_metadata(summaries[suite], gx_root / "data_docs" / "index.html"),
         )
 
 
 defs = dg.Definitions(
     assets=[dbt_staging, dbt_marts, dbt_scoring_marts],
     asset_checks=[gx_staged_suites],
-    resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)},
+    resources={
+        "dbt": DbtCliResource(
+            project_dir=dbt_project,
+            dbt_executable=bound_launcher(DBT_EXECUTABLE, dbt_project.manifest_path.parent),
+        )
+    },
 )

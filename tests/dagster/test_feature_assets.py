@@ -10,13 +10,14 @@ import dagster as dg
 import pytest
 
 from jobs.features.definitions import FEATURE_SET_VERSION
-from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
+from jobs.platform.layout import TRANSACTION_FEATURES, dataset_uri, partition_uri
 from jobs.platform.settings import REPO_ROOT
 from jobs.platform.storage import read_parquet
 from jobs.testing.reference_features import random_raw, write_raw_lake
 from orchestration.defs import features as feature_defs
 from orchestration.partitions import daily_partitions, single_run_backfill
-from orchestration.resources import TxguardSettings
+from orchestration.runs import partition_range_tags
+from tests.support import materialize, with_settings
 
 FIRST, LAST = dt.date(2018, 4, 11), dt.date(2018, 4, 12)
 FEATURES = dg.AssetKey("transaction_features")
@@ -37,19 +38,21 @@ def test_job_command_standalone_and_spark_submit() -> None:
     submit = feature_defs.feature_job_command(
         FIRST, LAST, "s3://b/lake", "yarn", "/opt/spark/bin/spark-submit"
     )
-    assert submit[:4] == [
+    assert submit[:7] == [
+        sys.executable,
+        "-m",
+        "orchestration.processes",
         "/opt/spark/bin/spark-submit",
         "--master",
         "yarn",
-        str(REPO_ROOT / "jobs" / "features.py"),
+        str(REPO_ROOT / "jobs" / "features" / "spark_job.py"),
     ]
+    assert Path(submit[6]).is_file()
     assert submit[-4:] == ["--lake", "s3://b/lake", "--master", "yarn"]
 
 
 def test_asset_wiring() -> None:
-    graph = dg.Definitions.merge(
-        feature_defs.defs, dg.Definitions(resources={"settings": TxguardSettings()})
-    ).resolve_asset_graph()
+    graph = with_settings(feature_defs.defs).resolve_asset_graph()
     node = graph.get(FEATURES)
     assert node.group_name == "features"
     assert node.parent_keys == {
@@ -72,25 +75,23 @@ def test_range_materializes_in_one_pipes_job_and_a_broken_day_blocks_downstream(
     expected = {d.isoformat(): int((tx["tx_datetime"].dt.date == d).sum()) for d in (FIRST, LAST)}
     assert all(expected.values())
 
-    result = dg.materialize(
+    result = materialize(
         [feature_defs.transaction_features, model_input_probe],
-        resources={"settings": TxguardSettings(), "pipes_subprocess_client": dg.PipesSubprocessClient()},
-        instance=dg.DagsterInstance.ephemeral(),
-        tags={
-            "dagster/asset_partition_range_start": FIRST.isoformat(),
-            "dagster/asset_partition_range_end": LAST.isoformat(),
-        },
-        raise_on_error=False,
+        resources={"pipes_subprocess_client": dg.PipesSubprocessClient()},
+        tags=partition_range_tags(FIRST.isoformat(), LAST.isoformat()),
     )
 
     materializations = result.asset_materializations_for_node("transaction_features")
     assert sorted(m.partition for m in materializations) == sorted(expected)
-    metadata = {key: value.value for key, value in materializations[0].metadata.items()}
-    assert metadata["rows"] == sum(expected.values())
-    assert metadata["rows_per_day"] == expected
-    assert metadata["feature_set_version"] == FEATURE_SET_VERSION
-    assert metadata["null_rates"]["terminal_id_risk_30day_window"] == 0.0
-    assert metadata["input_partitions"]["raw/transactions"] == 12
+    for materialization in materializations:
+        metadata = {key: value.value for key, value in materialization.metadata.items()}
+        assert metadata["dagster/row_count"] == expected[materialization.partition]
+        assert metadata["dagster/table_name"] == dataset_uri(lake, TRANSACTION_FEATURES)
+        assert "terminal_id_risk_30day_window" in {c.name for c in metadata["dagster/column_schema"].columns}
+        assert metadata["run_rows"] == sum(expected.values())
+        assert metadata["feature_set_version"] == FEATURE_SET_VERSION
+        assert metadata["run_null_rates"]["terminal_id_risk_30day_window"] == 0.0
+        assert metadata["run_input_partitions"]["raw/transactions"] == 12
     for day, rows in expected.items():
         assert read_parquet(partition_uri(lake, TRANSACTION_FEATURES, day)).num_rows == rows
 

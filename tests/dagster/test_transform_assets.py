@@ -4,25 +4,31 @@
 error-severity dbt test or a GX suite, must keep it (and the marts) from running in the same run.
 """
 
-import datetime as dt
 import itertools
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 import pytest
 
-from jobs.ingest.contract import RAW_FRAUD_REPORTS_SCHEMA, RAW_TRANSACTIONS_SCHEMA
-from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS, partition_uri
-from jobs.platform.settings import REPO_ROOT, load_settings
-from jobs.platform.storage import write_parquet_atomic
+from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS
+from jobs.platform.settings import load_settings
 from jobs.platform.warehouse import connect
 from orchestration.defs import transform
 from orchestration.instance import prepare_dagster_home
 from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, single_run_backfill
 from orchestration.resources import TxguardSettings
+from orchestration.runs import partition_range_tags
+from tests.support import (
+    materialize,
+    report_rows,
+    run_in_step_processes,
+    step_spans,
+    transaction_rows,
+    write_raw_partition,
+)
 
 HOSTILE_KEY = "2018-04-01' OR '1'='1"
 MARTS = {
@@ -33,7 +39,6 @@ MARTS = {
     "rpt_daily_fraud_summary",
 }
 STAGING = {"stg_landing__transactions", "stg_landing__fraud_reports"}
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 @dg.asset(
@@ -58,53 +63,16 @@ def other_warehouse_writer(context: dg.AssetExecutionContext, settings: TxguardS
 
 
 ASSETS = [transform.dbt_staging, transform.gx_staged_suites, transform.dbt_marts, downstream_of_staging]
+DBT_RESOURCE = {"dbt": transform.defs.resources["dbt"]}
 
 
-def resources() -> dict[str, object]:
-    return {"settings": TxguardSettings(), "dbt": transform.defs.resources["dbt"]}
-
-
-def write_partition(lake: str, dataset: str, day: str, rows: list[dict]) -> None:
-    schema = RAW_TRANSACTIONS_SCHEMA if dataset == RAW_TRANSACTIONS else RAW_FRAUD_REPORTS_SCHEMA
-    lineage = {"extras": None, "source_file": f"{dataset}/{day}.csv", "ingest_run_id": "test-run"}
-    table = pa.Table.from_pylist([{**lineage, **row} for row in rows], schema=schema)
-    write_parquet_atomic(table, partition_uri(lake, dataset, day))
-
-
-def write_day(day: str, count: int = 20, reported: list[int] | None = None) -> list[dict]:
-    """A day of transactions (ids ordinal*1000 + i) and the reports that arrived that day."""
-    start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
-    first_id = start.toordinal() * 1000
-    rows = [
-        {
-            "transaction_id": first_id + i,
-            "tx_datetime": start + dt.timedelta(minutes=13 * i),
-            "customer_id": i % 4,
-            "terminal_id": i % 3,
-            "tx_amount": round(4 + 3.5 * i, 2),
-        }
-        for i in range(count)
-    ]
+def write_day(day: str, count: int = 20, reported: Sequence[int] = ()) -> list[dict]:
+    """A day of transactions (ids ordinal*1000 + i) and the reports that arrived that day, in the lake."""
     lake = load_settings().lake
-    write_partition(lake, RAW_TRANSACTIONS, day, rows)
-    noon = start + dt.timedelta(hours=12)
-    write_partition(
-        lake, RAW_FRAUD_REPORTS, day, [{"transaction_id": t, "reported_at": noon} for t in reported or []]
-    )
+    rows = transaction_rows(day, count)
+    write_raw_partition(lake, RAW_TRANSACTIONS, day, rows)
+    write_raw_partition(lake, RAW_FRAUD_REPORTS, day, report_rows(day, reported))
     return rows
-
-
-def materialize(
-    partition_key: str | None = None, tags: dict[str, str] | None = None
-) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        ASSETS,
-        partition_key=partition_key,
-        tags=tags,
-        resources=resources(),
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
 
 
 def materialized(result: dg.ExecuteInProcessResult) -> dict[str, set[str]]:
@@ -149,7 +117,9 @@ def test_a_window_builds_every_model_with_checks_metadata_and_a_snapshot(txguard
     first_day = write_day("2018-04-01")
     write_day("2018-04-02", reported=[first_day[3]["transaction_id"]])
     cwd = os.getcwd()
-    result = materialize(tags={RANGE_START: "2018-04-01", RANGE_END: "2018-04-02"})
+    result = materialize(
+        ASSETS, resources=DBT_RESOURCE, tags=partition_range_tags("2018-04-01", "2018-04-02")
+    )
     assert result.success
     assert os.getcwd() == cwd
     assert materialized(result) == {
@@ -176,8 +146,8 @@ def test_a_window_builds_every_model_with_checks_metadata_and_a_snapshot(txguard
 def test_a_failing_suite_stops_the_marts_and_everything_below(txguard_home: Path) -> None:
     rows = write_day("2018-04-05")
     rows[2]["tx_amount"] = 75_000.0
-    write_partition(load_settings().lake, RAW_TRANSACTIONS, "2018-04-05", rows)
-    result = materialize("2018-04-05")
+    write_raw_partition(load_settings().lake, RAW_TRANSACTIONS, "2018-04-05", rows)
+    result = materialize(ASSETS, resources=DBT_RESOURCE, partition_key="2018-04-05")
     assert not result.success
     check = evaluations(result)[("stg_landing__transactions", "gx_suite")]
     assert not check.passed and check.blocking
@@ -192,8 +162,8 @@ def test_a_failing_error_test_stops_the_suites_marts_and_everything_below(txguar
     rows = write_day("2018-04-06")
     for row in rows[:3]:
         row["tx_amount"] = -2.5
-    write_partition(load_settings().lake, RAW_TRANSACTIONS, "2018-04-06", rows)
-    result = materialize("2018-04-06")
+    write_raw_partition(load_settings().lake, RAW_TRANSACTIONS, "2018-04-06", rows)
+    result = materialize(ASSETS, resources=DBT_RESOURCE, partition_key="2018-04-06")
     assert not result.success
     failed = {key: e for key, e in evaluations(result).items() if not e.passed}
     ((asset, name),) = failed
@@ -205,7 +175,7 @@ def test_a_failing_error_test_stops_the_suites_marts_and_everything_below(txguar
 
 def test_a_hostile_partition_key_is_refused_before_any_sql(txguard_home: Path) -> None:
     with pytest.raises(dg.DagsterUnknownPartitionError):
-        dg.materialize(ASSETS, partition_key=HOSTILE_KEY, resources=resources())
+        materialize(ASSETS, resources=DBT_RESOURCE, partition_key=HOSTILE_KEY)
     context = dg.build_asset_context(partition_key_range=dg.PartitionKeyRange(HOSTILE_KEY, HOSTILE_KEY))
     with pytest.raises(ValueError, match="is not a YYYY-MM-DD date"):
         transform.run_window(context)
@@ -216,7 +186,7 @@ def backfill_job() -> dg.JobDefinition:
     """The warehouse assets and a second warehouse writer, on the multiprocess executor."""
     defs = dg.Definitions(
         assets=[*ASSETS, other_warehouse_writer],
-        resources=resources(),
+        resources={"settings": TxguardSettings(), **DBT_RESOURCE},
         jobs=[dg.define_asset_job("warehouse_backfill", partitions_def=daily_partitions)],
         executor=dg.multiprocess_executor.configured({"max_concurrent": 3}),
     )
@@ -237,24 +207,11 @@ def test_a_prepared_home_has_the_warehouse_slot_before_any_run_claims_it(txguard
 def test_a_multiprocess_backfill_under_the_pool_never_meets_a_lock(txguard_home: Path) -> None:
     for day in ("2018-04-01", "2018-04-02", "2018-04-03"):
         write_day(day)
-    prepare_dagster_home(load_settings())
-    with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(
-            # step processes import this module by its path from the repository root
-            dg.build_reconstructable_job(
-                "tests.test_warehouse_assets", "backfill_job", reconstructor_working_directory=str(REPO_ROOT)
-            ),
-            instance=instance,
-            tags={RANGE_START: "2018-04-01", RANGE_END: "2018-04-03"},
-        )
-        assert result.success
-        records = instance.all_logs(result.run_id)
+    records = run_in_step_processes(
+        "tests.dagster.test_transform_assets", "backfill_job", "2018-04-01", "2018-04-03"
+    )
     assert not [r for r in records if "Could not set lock" in (r.user_message or "")]
-    spans: dict[str, list[float]] = {}
-    for record in records:
-        event = record.dagster_event
-        if event and event.event_type_value in ("STEP_START", "STEP_SUCCESS") and event.step_key:
-            spans.setdefault(event.step_key, []).append(record.timestamp)
+    spans = step_spans(records)
     pooled = sorted(
         spans[step] for step in ("dbt_staging", "gx_staged_suites", "dbt_marts", "other_warehouse_writer")
     )

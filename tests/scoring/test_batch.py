@@ -1,7 +1,7 @@
 """Scoring: the pure scorer (scores, decisions, reason codes), then the Dagster asset on a real registry.
 
 Unit tests use a LightGBM model trained here on synthetic rows. The asset tests (marked slow) use a real
-MLflow SQLite store with versions registered through ``jobs.registry.registry``, a lake of simulated feature
+MLflow SQLite store with versions registered through ``jobs.registry.tracking``, a lake of simulated feature
 partitions, and real ``dagster`` runs.
 """
 
@@ -16,15 +16,12 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from jobs.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION, KEY_COLUMNS, FeatureSetMismatch
-from jobs.platform import storage
-from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
 from jobs.platform.settings import REPO_ROOT, load_settings
-from jobs.registry.registry import ModelRef
+from jobs.registry.aliases import ModelRef
 from jobs.scoring.batch import (
     REVIEW_TOP_CARDS,
     MissingFeatures,
@@ -32,9 +29,27 @@ from jobs.scoring.batch import (
     score_days,
     score_features,
 )
-from jobs.scoring.store import PROVENANCE_COLUMNS, REASON_COLUMNS, SCORE_COLUMNS, read_partitions, read_scores
+from jobs.scoring.store import (
+    BATCH_COLUMNS,
+    PROVENANCE_COLUMNS,
+    REASON_COLUMNS,
+    SCORE_COLUMNS,
+    read_partitions,
+    read_scores,
+)
+from tests.support import (
+    FAST,
+    handbook_features,
+    handbook_transactions,
+    latest_window,
+    small_booster,
+    use_world,
+    with_settings,
+    write_feature_lake,
+    write_feature_partition,
+)
 
-SCORED_AT = dt.datetime(2018, 8, 2, 6, 0, tzinfo=dt.UTC)
+RUN_CREATED_AT = dt.datetime(2018, 8, 2, 6, 0, tzinfo=dt.UTC)
 
 
 def synthetic_features(n: int, seed: int, day: dt.date = dt.date(2018, 8, 1)) -> pd.DataFrame:
@@ -56,15 +71,11 @@ def synthetic_features(n: int, seed: int, day: dt.date = dt.date(2018, 8, 1)) ->
 
 @pytest.fixture(scope="module")
 def booster():
-    import lightgbm as lgb
-
     train = synthetic_features(4000, seed=1)
     rng = np.random.default_rng(2)
     logit = 0.04 * (train["tx_amount"] - 120) + 4 * train["terminal_id_risk_7day_window"] - 3
     label = rng.uniform(0, 1, len(train)) < 1 / (1 + np.exp(-logit))
-    data = lgb.Dataset(train[list(FEATURE_COLUMNS)].to_numpy(), label, feature_name=list(FEATURE_COLUMNS))
-    params = {"objective": "binary", "num_leaves": 15, "num_threads": 1, "deterministic": True, "verbose": -1}
-    return lgb.train(params, data, num_boost_round=40)
+    return small_booster(train, label, rounds=40)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +94,8 @@ def model(booster) -> ModelRef:
 
 def test_scores_decisions_and_provenance(booster, model) -> None:
     features = synthetic_features(1500, seed=4)
-    scored = score_features(features, booster, model, "run-1", SCORED_AT)
-    assert list(scored.columns) == list(SCORE_COLUMNS)
+    scored = score_features(features, booster, model, "run-1", RUN_CREATED_AT)
+    assert list(scored.columns) == list(BATCH_COLUMNS)
     expected = booster.predict(features[list(FEATURE_COLUMNS)].to_numpy())
     np.testing.assert_array_equal(scored["score"].to_numpy(), expected)
     np.testing.assert_array_equal(scored["decision"].to_numpy(), expected >= model.threshold)
@@ -94,8 +105,8 @@ def test_scores_decisions_and_provenance(booster, model) -> None:
     assert set(scored["day"]) == {dt.date(2018, 8, 1)}
     labels = scored[["model_name", "model_version", "feature_set_version"]].drop_duplicates()
     assert labels.values.tolist() == [["txguard-fraud", 3, FEATURE_SET_VERSION]]
-    assert set(scored["dagster_run_id"]) == {"run-1"} and set(scored["scored_at"]) == {
-        pd.Timestamp(SCORED_AT)
+    assert set(scored["dagster_run_id"]) == {"run-1"} and set(scored["run_created_at"]) == {
+        pd.Timestamp(RUN_CREATED_AT)
     }
 
 
@@ -108,7 +119,7 @@ def expected_reasons(booster, row: np.ndarray) -> list[str | None]:
 
 def test_reason_codes_are_the_top_positive_contributions(booster, model) -> None:
     features = synthetic_features(300, seed=5)
-    scored = score_features(features, booster, model, "run-1", SCORED_AT, explain="all")
+    scored = score_features(features, booster, model, "run-1", RUN_CREATED_AT, explain="all")
     matrix = features[list(FEATURE_COLUMNS)].to_numpy()
     for i in range(len(features)):
         assert scored.loc[i, list(REASON_COLUMNS)].tolist() == expected_reasons(booster, matrix[i]), i
@@ -119,27 +130,29 @@ def test_reason_codes_are_the_top_positive_contributions(booster, model) -> None
 
 def test_review_explains_alerts_and_each_top_cards_best_transaction(booster, model) -> None:
     features = synthetic_features(2500, seed=6)
-    scored = score_features(features, booster, model, "run-1", SCORED_AT)
+    scored = score_features(features, booster, model, "run-1", RUN_CREATED_AT)
     ranked = scored.sort_values(["score", "transaction_id"], ascending=[False, True])
     best_of_card = ranked.drop_duplicates("customer_id").head(REVIEW_TOP_CARDS)
     expected = set(scored.loc[scored["decision"], "transaction_id"]) | set(best_of_card["transaction_id"])
     assert set(scored.loc[scored["reason_1"].notna(), "transaction_id"]) == expected
     assert len(expected) < len(scored) / 2
-    full = score_features(features, booster, model, "run-1", SCORED_AT, explain="all")
+    full = score_features(features, booster, model, "run-1", RUN_CREATED_AT, explain="all")
     explained = scored["reason_1"].notna()
     pd.testing.assert_frame_equal(scored[explained], full[explained])
-    none = score_features(features, booster, model, "run-1", SCORED_AT, explain="none")
+    none = score_features(features, booster, model, "run-1", RUN_CREATED_AT, explain="none")
     assert none[list(REASON_COLUMNS)].isna().all().all()
 
 
 def test_scoring_is_deterministic_and_independent_of_row_order(booster, model) -> None:
     features = synthetic_features(1200, seed=7)
-    first = score_features(features, booster, model, "run-1", SCORED_AT)
-    shuffled = score_features(features.sample(frac=1, random_state=1), booster, model, "run-2", SCORED_AT)
+    first = score_features(features, booster, model, "run-1", RUN_CREATED_AT)
+    shuffled = features.sample(frac=1, random_state=1)
+    shuffled = score_features(shuffled, booster, model, "run-2", RUN_CREATED_AT)
     key = ["transaction_id"]
+    same = [c for c in BATCH_COLUMNS if c not in PROVENANCE_COLUMNS]
     pd.testing.assert_frame_equal(
-        first.drop(columns=list(PROVENANCE_COLUMNS)).sort_values(key).reset_index(drop=True),
-        shuffled.drop(columns=list(PROVENANCE_COLUMNS)).sort_values(key).reset_index(drop=True),
+        first[same].sort_values(key).reset_index(drop=True),
+        shuffled[same].sort_values(key).reset_index(drop=True),
     )
 
 
@@ -147,40 +160,35 @@ def test_a_feature_set_mismatch_is_refused(booster, model) -> None:
     features = synthetic_features(50, seed=8)
     features.loc[10:, "feature_set_version"] = "fs-000000000000"
     with pytest.raises(FeatureSetMismatch, match=r"lake/day\.parquet for txguard-fraud v3.*fs-000000000000"):
-        score_features(features, booster, model, "run-1", SCORED_AT, source="lake/day.parquet")
+        score_features(features, booster, model, "run-1", RUN_CREATED_AT, source="lake/day.parquet")
 
 
 def test_null_features_and_naive_times_are_refused(booster, model) -> None:
     features = synthetic_features(50, seed=9)
     features.loc[7, "terminal_id_risk_7day_window"] = np.nan
     with pytest.raises(ScoringInputError, match=r"d\.parquet, row 8: terminal_id_risk_7day_window is null"):
-        score_features(features, booster, model, "run-1", SCORED_AT, source="d.parquet")
+        score_features(features, booster, model, "run-1", RUN_CREATED_AT, source="d.parquet")
     with pytest.raises(ScoringInputError, match="missing column"):
-        score_features(features.drop(columns=["tx_amount"]), booster, model, "run-1", SCORED_AT)
+        score_features(features.drop(columns=["tx_amount"]), booster, model, "run-1", RUN_CREATED_AT)
     with pytest.raises(ValueError, match="timezone-aware"):
         score_features(synthetic_features(5, seed=9), booster, model, "run-1", dt.datetime(2018, 8, 2))
 
 
 def test_an_empty_day_scores_to_an_empty_partition(booster, model) -> None:
-    scored = score_features(synthetic_features(10, seed=9).head(0), booster, model, "run-1", SCORED_AT)
-    assert list(scored.columns) == list(SCORE_COLUMNS) and scored.empty
-
-
-def write_features(lake: Path, frame: pd.DataFrame, day: dt.date) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    storage.write_parquet_atomic(table, partition_uri(str(lake), TRANSACTION_FEATURES, day))
+    scored = score_features(synthetic_features(10, seed=9).head(0), booster, model, "run-1", RUN_CREATED_AT)
+    assert list(scored.columns) == list(BATCH_COLUMNS) and scored.empty
 
 
 def test_score_days_refuses_a_range_with_a_missing_partition(booster, model, txguard_home) -> None:
     settings = load_settings()
     present = dt.date(2018, 8, 1)
     frame = synthetic_features(100, seed=10, day=present)
-    write_features(Path(settings.lake), frame, present)
+    write_feature_partition(settings.lake, frame, present)
     days = [present, dt.date(2018, 8, 2)]
     with pytest.raises(MissingFeatures, match=r"missing for 2018-08-02 \(.*date=2018-08-02/data\.parquet\)"):
-        score_days(settings, days, model, booster, run_id="run-1", scored_at=SCORED_AT)
+        score_days(settings, days, model, booster, run_id="run-1", run_created_at=RUN_CREATED_AT)
     assert not settings.warehouse_path.exists()
-    written = score_days(settings, days[:1], model, booster, run_id="run-1", scored_at=SCORED_AT)
+    written = score_days(settings, days[:1], model, booster, run_id="run-1", run_created_at=RUN_CREATED_AT)
     assert written[0].write.rows == 100 and written[0].explained_rows >= frame["customer_id"].nunique()
     assert len(read_scores(settings.warehouse_path)) == 100
 
@@ -191,15 +199,15 @@ def test_score_days_refuses_a_range_with_a_missing_partition(booster, model, txg
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A lake of simulated feature partitions and an MLflow store with versions 1 and 2 of the model."""
-    from jobs.registry.registry import log_training_run, open_client
-    from jobs.training.trainer import assemble_training_set, feature_days, matured_window, train_model
-    from tests.training.test_trainer import FAST, handbook_features, simulate, write_lake
+    from jobs.registry.client import open_client
+    from jobs.registry.tracking import log_training_run
+    from jobs.training.trainer import assemble_training_set, feature_days, train_model
 
     root = tmp_path_factory.mktemp("scoring-world")
-    tx = simulate(n_customers=300, n_terminals=500)
-    write_lake(root / "lake", tx, handbook_features(tx))
-    days = feature_days(str(root / "lake"))
-    data = assemble_training_set(str(root / "lake"), matured_window(days[-1], earliest_day=days[0]))
+    tx = handbook_transactions(n_customers=300, n_terminals=500)
+    lake = str(root / "lake")
+    write_feature_lake(lake, tx, handbook_features(tx))
+    data = assemble_training_set(lake, latest_window(lake))
     trained = train_model(data, FAST, device="cpu")
     uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
     open_client(uri)
@@ -207,18 +215,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         log_training_run(data, trained, tracking_uri=uri, artifact_root=root / "mlflow" / "artifacts").ref
         for _ in range(2)
     ]
-    return {"lake": str(root / "lake"), "mlflow": uri, "days": days, "refs": refs}
+    return {"lake": lake, "mlflow": uri, "days": feature_days(lake), "refs": refs}
 
 
 @pytest.fixture
 def env(world, txguard_home, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TXGUARD_LAKE_ROOT", world["lake"])
-    monkeypatch.setenv("TXGUARD_MLFLOW_URI", world["mlflow"])
+    use_world(world, monkeypatch)
     return load_settings()
 
 
 def make_champion(world, version: int) -> None:
-    from jobs.registry.registry import CHAMPION, promote, resolve_alias
+    from jobs.registry.aliases import CHAMPION, resolve_alias
+    from jobs.registry.promotion import promote
 
     try:
         if resolve_alias(CHAMPION, tracking_uri=world["mlflow"]).version == version:
@@ -230,21 +238,18 @@ def make_champion(world, version: int) -> None:
 
 def scoring_defs() -> dg.Definitions:
     from orchestration.defs import scoring
-    from orchestration.resources import TxguardSettings
 
-    return dg.Definitions.merge(scoring.defs, dg.Definitions(resources={"settings": TxguardSettings()}))
+    return with_settings(scoring.defs)
 
 
 def run_range(start: dt.date, end: dt.date, instance: dg.DagsterInstance):
     from orchestration.defs.scoring import SCORING_JOB
+    from orchestration.runs import partition_range_tags
 
     job = scoring_defs().resolve_job_def(SCORING_JOB)
     return job.execute_in_process(
         instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": start.isoformat(),
-            "dagster/asset_partition_range_end": end.isoformat(),
-        },
+        tags=partition_range_tags(start.isoformat(), end.isoformat()),
         raise_on_error=False,
     )
 
@@ -259,7 +264,8 @@ def test_a_backfill_keeps_the_first_version_when_the_alias_moves_then_rescore_us
 ) -> None:
     import jobs.scoring.batch
     from jobs.platform.warehouse import connect_snapshot
-    from jobs.registry.registry import CHAMPION, promote, resolve_alias
+    from jobs.registry.aliases import CHAMPION, resolve_alias
+    from jobs.registry.promotion import promote
     from orchestration.cli import analyst
 
     make_champion(world, 1)
@@ -284,11 +290,16 @@ def test_a_backfill_keeps_the_first_version_when_the_alias_moves_then_rescore_us
     first = read_scores(env.warehouse_path)
     assert sorted(set(first["day"])) == [start, world["days"][-2], end]
     assert set(first["model_version"]) == {1} and set(first["dagster_run_id"]) == {result.run_id}
-    assert first["scored_at"].nunique() == 1
-    materialization = result.asset_materializations_for_node("transaction_scores")[0]
-    assert materialization.metadata["rows"].value == len(first)
-    assert materialization.metadata["model_version"].value == 1
-    assert materialization.metadata["alerts"].value == int(first["decision"].sum())
+    assert first["run_created_at"].nunique() == 1 and (first.groupby("day")["scored_at"].nunique() == 1).all()
+    materializations = result.asset_materializations_for_node("transaction_scores")
+    assert sorted(m.partition for m in materializations) == [d.isoformat() for d in sorted(set(first["day"]))]
+    for materialization in materializations:
+        rows = first[first["day"] == dt.date.fromisoformat(materialization.partition)]
+        assert materialization.metadata["dagster/row_count"].value == len(rows)
+        assert materialization.metadata["model_version"].value == 1
+        assert materialization.metadata["alerts"].value == int(rows["decision"].sum())
+        assert materialization.metadata["run_rows"].value == len(first)
+        assert materialization.metadata["run_alerts"].value == int(first["decision"].sum())
     with connect_snapshot(env.snapshot_path) as snapshot:
         assert snapshot.execute(
             "select count(*), min(model_version) from scoring.transaction_scores"

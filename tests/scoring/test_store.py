@@ -16,13 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.governance import audit
 from jobs.platform.layout import SCORES_TABLE
-from jobs.platform.settings import REPO_ROOT
+from jobs.platform.settings import FAULT_POINTS, REPO_ROOT
 from jobs.platform.warehouse import connect
 from jobs.scoring.store import (
-    FAULT_ENV,
-    FAULT_POINTS,
+    BATCH_COLUMNS,
     PARTITIONS_TABLE,
     PROVENANCE_COLUMNS,
     SCORE_COLUMNS,
@@ -31,40 +29,15 @@ from jobs.scoring.store import (
     read_scores,
     write_scores,
 )
+from tests.support import scores_for, scoring_record
 
 DAY = dt.date(2018, 8, 1)
 OTHER = dt.date(2018, 8, 2)
-
-
-def scores_for(day: dt.date, n: int, run_id: str, version: int = 1, seed: int = 0) -> pd.DataFrame:
-    """A plausible partition of ``n`` scored rows for ``day`` (ids unique across days)."""
-    rng = np.random.default_rng(seed)
-    base = (day - dt.date(2018, 4, 1)).days * 100_000
-    midnight = pd.Timestamp(day.isoformat(), tz="UTC")
-    score = rng.uniform(0, 1, n)
-    return pd.DataFrame(
-        {
-            "transaction_id": base + np.arange(n, dtype=np.int64),
-            "tx_datetime": midnight + pd.to_timedelta(np.sort(rng.integers(0, 86_399, n)), unit="s"),
-            "customer_id": rng.integers(0, 50, n),
-            "terminal_id": rng.integers(0, 80, n),
-            "score": score,
-            "decision": score >= 0.9,
-            "reason_1": np.where(score >= 0.9, "tx_amount", None),
-            "reason_2": np.where(score >= 0.95, "terminal_id_risk_7day_window", None),
-            "reason_3": None,
-            "model_name": "txguard-fraud",
-            "model_version": version,
-            "feature_set_version": "fs-test",
-            "dagster_run_id": run_id,
-            "scored_at": pd.Timestamp("2018-08-03T06:00:00Z"),
-            "day": day,
-        }
-    )
+FAULT_ENV = "TXGUARD_FAULT_INJECTION"
 
 
 def identity(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns=list(PROVENANCE_COLUMNS)).reset_index(drop=True)
+    return frame[[c for c in BATCH_COLUMNS if c not in PROVENANCE_COLUMNS]].reset_index(drop=True)
 
 
 def count_by_day(path: Path) -> dict[dt.date, int]:
@@ -102,15 +75,8 @@ def test_a_partition_is_replaced_whole_and_a_rerun_gives_the_same_rows(tmp_path:
 
 def test_the_audit_record_commits_with_the_partition(tmp_path: Path) -> None:
     warehouse = tmp_path / "warehouse.duckdb"
-    entry = audit.ScoringRun(
-        day=DAY,
-        model_name="txguard-fraud",
-        model_version="1",
-        artifact_sha256="ab" * 32,
-        feature_set_version="fs-test",
-        row_count=50,
-        checks=[{"name": "artifact_sha256", "tool": "txguard", "passed": True}],
-        dagster_run_id="run-a",
+    entry = scoring_record(
+        DAY, 50, "run-a", checks=[{"name": "artifact_sha256", "tool": "txguard", "passed": True}]
     )
     write_scores(warehouse, DAY, scores_for(DAY, 50, "run-a"), audit_entry=entry)
     bad = scores_for(DAY, 50, "run-b")
@@ -240,3 +206,19 @@ def test_read_scores_filters_days_and_handles_a_fresh_warehouse(tmp_path: Path) 
     assert len(read_scores(warehouse, OTHER)) == 8
     assert len(read_scores(warehouse, end=DAY)) == 12
     assert read_scores(warehouse)["tx_datetime"].dt.tz is not None
+
+
+def test_a_scores_table_from_before_run_created_at_gains_the_column(tmp_path: Path) -> None:
+    import duckdb
+
+    from jobs.scoring.store import SCORES_TABLE, ensure_tables
+
+    connection = duckdb.connect(str(tmp_path / "old.duckdb"))
+    connection.execute("create schema scoring")
+    old_columns = "transaction_id bigint, scored_at timestamptz, day date"
+    connection.execute(f"create table {SCORES_TABLE} ({old_columns})")
+    connection.execute(f"insert into {SCORES_TABLE} values (1, now(), date '2018-04-01')")
+    ensure_tables(connection)
+    columns = [row[0] for row in connection.execute(f"describe {SCORES_TABLE}").fetchall()]
+    assert "run_created_at" in columns
+    assert connection.execute(f"select count(*) from {SCORES_TABLE}").fetchone() == (1,)
