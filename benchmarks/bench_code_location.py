@@ -1,7 +1,7 @@
 """Code-location load time: importing the module ``workspace.yaml`` names vs ``import dagster`` alone.
 
-Goal (DESIGN.md §7): at most 1 s more than Dagster itself, because Spark, GX, MLflow and LightGBM are only
-imported inside asset bodies. Each import runs in a fresh interpreter; the median of several runs is shown.
+Goal: at most 1 s more than Dagster itself, because Spark, GX, MLflow and LightGBM are only imported inside
+asset bodies. Each import runs in a fresh interpreter; the median of several runs is shown.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """The handbook comparison over several draws of the simulator, not one.
 
-The published rows (DESIGN.md §4) come from one run of the handbook's simulator, and another draw has an
-easier or harder test week (with the handbook's features, seed 0's logistic regression is 0.03 AP below its
-published row and the ten-draw mean 0.02 above). This benchmark repeats ``txguard evaluate`` on
-``TXGUARD_BENCH_SEEDS`` draws (default 0-4): simulate at handbook size, compute the features with the
-DuckDB reference query (parity-tested against the Spark job), label them with the simulator's truth and run
-both protocols on the handbook's training week. It prints each draw, then the mean and spread of LightGBM,
-of the same-data logistic regression and of their difference.
+The handbook's published rows come from one run of its simulator, and another draw has an easier or harder
+test week, so one draw says little about how the model compares with them. This benchmark repeats
+``txguard evaluate`` on ``TXGUARD_BENCH_SEEDS`` draws (comma-separated seeds, default 0,1,2,3,4): simulate at
+handbook size, compute the features with the DuckDB reference query (parity-tested against the Spark job),
+label them with the simulator's truth and run both protocols on the handbook's training week. It prints each
+draw, then the mean and spread of LightGBM, of the same-data logistic regression and of their difference.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-run overhead of the daily chain: a daily run's wall time against the sum of its steps' compute.
 
-Goal (issue 8): the overhead, ``wall − Σ step compute``, is under half the run's wall time.
+Goal: the overhead, ``wall − Σ step compute``, is under half the run's wall time.
 
 Set-up (not timed): a temporary ``TXGUARD_HOME`` and ``DAGSTER_HOME`` (the repository's ``dagster.yaml``,
 so the ``warehouse`` pool limit applies), a small simulated landing zone, and its history run through the

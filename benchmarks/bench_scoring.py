@@ -1,11 +1,11 @@
 """Batch scoring into the warehouse vs bare ``Booster.predict`` on the same rows, in the same run.
 
-Goal (DESIGN.md §7): end-to-end throughput (read the day's features from the lake, score, reason codes,
-one DuckDB transaction per day) at least 50 % of bare predict throughput. Reason codes (TreeSHAP through
-``pred_contrib``) are reported on their own: what the default review set costs, and what explaining every
-row would cost. The model has the production training parameters (``jobs.training.trainer.TrainingParams``) and
-a fixed number of trees; the rows look like the handbook's (5,000 cards, 10,000 terminals, ~10k
-transactions a day).
+Goal: end-to-end throughput (read the day's features from the lake, score, reason codes, one DuckDB
+transaction per day) at least 50 % of bare predict throughput. Reason codes (TreeSHAP through
+``pred_contrib``) are reported on their own: what the default review set costs, and what explaining every row
+would cost. The model has the production training parameters (``jobs.training.trainer.TrainingParams``) and a
+fixed number of trees; the rows look like the handbook's (5,000 cards, 10,000 terminals, ~10k transactions a
+day).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def best_of(repeats: int, action) -> float:
 def main() -> None:
     from jobs.platform.settings import load_settings
     from jobs.platform.warehouse import publish_snapshot
-    from jobs.registry.registry import ModelRef
+    from jobs.registry.aliases import ModelRef
     from jobs.scoring.batch import reason_codes, score_days
     from jobs.training.trainer import choose_threshold, with_day
 
@@ -122,7 +122,7 @@ def main() -> None:
                     model,
                     booster,
                     run_id="bench",
-                    scored_at=dt.datetime.now(dt.UTC),
+                    run_created_at=dt.datetime.now(dt.UTC),
                     explain=explain,
                 ),
             )
@@ -130,7 +130,7 @@ def main() -> None:
         plain = end_to_end("none")
         review = end_to_end("review")
         written = score_days(
-            settings, days, model, booster, run_id="bench", scored_at=dt.datetime.now(dt.UTC)
+            settings, days, model, booster, run_id="bench", run_created_at=dt.datetime.now(dt.UTC)
         )
         explained = sum(d.explained_rows for d in written)
         snapshot = statistics.median(

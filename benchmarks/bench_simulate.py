@@ -1,8 +1,8 @@
 """Simulator at the handbook size: time to write the landing zone, and rates next to the handbook's run.
 
-Goal (issue 2): 5,000 customers, 10,000 terminals, 183 days written as Parquet in under 30 s on 2 cores, with
-the fraud rate and scenario mix within 10 % of the handbook's published run. CSV is timed on the same data.
-Wall and CPU seconds are both shown: on a shared machine the wall clock also counts other processes.
+Goal: 5,000 customers, 10,000 terminals, 183 days written as Parquet in under 30 s on 2 cores, with the fraud
+rate and scenario mix within 10 % of the handbook's published run. CSV is timed on the same data. Wall and CPU
+seconds are both shown: on a shared machine the wall clock also counts other processes.
 """
 
 from __future__ import annotations

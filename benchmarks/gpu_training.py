@@ -1,11 +1,11 @@
 """GPU training: the same LightGBM model on CPU, OpenCL ``gpu`` and (when built in) ``cuda``, side by side.
 
-Goal (DESIGN.md §7): a speedup at ≥ 10 M rows with the AUC within 0.005 of CPU. Run on the GPU machine with
+Goal: a speedup at ≥ 10 M rows with the AUC within 0.005 of CPU. Run on the GPU machine with
 ``python -m benchmarks.gpu_training`` (``--rows N`` to change the size). On an NVIDIA machine it first makes
 the OpenCL learner see the GPU: the PyPI wheel carries an OpenCL ICD loader that looks for vendor files in
 /etc/OpenCL/vendors, so it writes ``nvidia.icd`` naming ``libnvidia-opencl.so.1`` there (or, without write
-access, in a temporary folder named by ``OCL_ICD_VENDORS``), before LightGBM is imported. On a machine with
-no GPU it says so and trains on CPU only, on a smaller dataset.
+access, in a temporary folder named by ``OCL_ICD_VENDORS``), before LightGBM is imported. On a machine with no
+GPU it says so and trains on CPU only, on a smaller dataset.
 
 Data: 15 features shaped like the handbook's (amounts, counts, rates, flags); frauds from the three handbook
 scenarios (large amounts, compromised terminals, stolen cards spending 5x) plus label noise, about 1.5 %

@@ -1,12 +1,12 @@
-"""What the browser and daemon tests share about a Dagster server they start: a free port, its GraphQL
-API, whether the ``txguard`` location loaded, and stopping its whole process group."""
+"""What the browser and daemon tests share about a Dagster server they start: its GraphQL API, whether the
+``txguard`` location loaded, and stopping its whole process group. The port comes from
+``tests.support.free_port``."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,12 +19,6 @@ LOCATION_STATUS = """
 """
 UNREACHABLE = (urllib.error.URLError, ConnectionError, TimeoutError)
 """What a request to a server that is still starting (or already gone) raises."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def graphql(base: str, query: str, variables: dict | None = None) -> dict:

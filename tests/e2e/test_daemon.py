@@ -30,8 +30,8 @@ from typing import TypeVar
 import pytest
 
 from jobs.platform.settings import REPO_ROOT, Settings
-from orchestration.partitions import SCORING_CRON_ENV, SENSOR_INTERVAL_ENV
-from tests.e2e.dagster_server import LOCATION, free_port, graphql, location_loaded, stop_group
+from tests.e2e.dagster_server import LOCATION, graphql, location_loaded, stop_group
+from tests.support import free_port
 
 START = dt.date(2018, 4, 1)
 HISTORY_DAYS = 86
@@ -313,7 +313,7 @@ def build_history(settings: Settings, deliveries: Path) -> None:
 
 
 def champion_version(settings: Settings) -> int:
-    from jobs.registry.registry import CHAMPION, resolve_alias
+    from jobs.registry.aliases import CHAMPION, resolve_alias
 
     return resolve_alias(CHAMPION, tracking_uri=settings.tracking_uri).version
 
@@ -457,8 +457,8 @@ def test_the_daemon_takes_a_landed_day_to_scores_and_its_drift_to_retraining(
 ) -> None:
     from orchestration.cli.pipeline import prepared_settings
 
-    monkeypatch.setenv(SENSOR_INTERVAL_ENV, str(TICK_SECONDS))
-    monkeypatch.setenv(SCORING_CRON_ENV, "* * * * *")
+    monkeypatch.setenv("TXGUARD_SENSOR_INTERVAL_SECONDS", str(TICK_SECONDS))
+    monkeypatch.setenv("TXGUARD_SCORING_CRON", "* * * * *")
     settings = prepared_settings()
     deliveries = tmp_path / "deliveries"
     simulate_deliveries(deliveries)

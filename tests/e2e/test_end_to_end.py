@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -18,26 +19,21 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("e2e") / "txguard"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TXGUARD_HOME", str(home))
-        patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-        (home / "dagster").mkdir(parents=True)
-        from jobs.platform.settings import load_settings
-        from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
-        from orchestration.definitions import defs
-        from orchestration.runs import run_partition_range
+def pipeline_run(module_home: Path):
+    from jobs.platform.settings import load_settings
+    from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
+    from orchestration.definitions import defs
+    from orchestration.runs import run_partition_range
 
-        settings = load_settings()
-        config = SimulationConfig(
-            customers=DEMO_CUSTOMERS, terminals=DEMO_TERMINALS, days=DEMO_DAYS, start=DEMO_START, seed=7
-        )
-        write_landing(simulate(config), settings.landing, "csv")
-        last = DEMO_START + dt.timedelta(days=DEMO_DAYS - 1)
-        with dg.DagsterInstance.ephemeral() as instance:
-            outcome = run_partition_range(defs, DEMO_START.isoformat(), last.isoformat(), instance)
-        yield settings, outcome
+    settings = load_settings()
+    config = SimulationConfig(
+        customers=DEMO_CUSTOMERS, terminals=DEMO_TERMINALS, days=DEMO_DAYS, start=DEMO_START, seed=7
+    )
+    write_landing(simulate(config), settings.landing, "csv")
+    last = DEMO_START + dt.timedelta(days=DEMO_DAYS - 1)
+    with dg.DagsterInstance.ephemeral() as instance:
+        outcome = run_partition_range(defs, DEMO_START.isoformat(), last.isoformat(), instance)
+    return settings, outcome
 
 
 def test_one_range_run_takes_landing_files_to_scores(pipeline_run) -> None:
@@ -60,7 +56,7 @@ def test_a_random_scored_rows_lineage_matches_what_the_run_did(pipeline_run) -> 
     from jobs.governance.audit import verify_chain
     from jobs.governance.lineage import transaction_lineage
     from jobs.platform.warehouse import connect
-    from jobs.registry.registry import CHAMPION, resolve_alias
+    from jobs.registry.aliases import CHAMPION, resolve_alias
 
     champion = resolve_alias(CHAMPION, tracking_uri=settings.tracking_uri)
     with connect(settings.snapshot_path, read_only=True) as connection:

@@ -3,14 +3,15 @@
 Before the servers start, one recorded run takes three simulated days through ingest, dbt staging and the
 Great Expectations gate, so the pages show materializations and check verdicts, not an empty instance (the
 whole chain needs weeks of data and over a minute; the UI needs no more than this to show its pages).
-``txguard ui --read-only`` (``make ui-readonly``) is started through the CLI users run. Screenshots of
-every page go to ``test_artifacts``.
+``txguard ui --read-only`` (``make ui-readonly``) is started through the CLI users run. The compliance pages
+that ``txguard lineage`` and ``txguard report model`` write for people are opened in the same browser, from a
+real model scoring real feature partitions in that data home. Screenshots of every page go to
+``test_artifacts``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from jobs.platform.settings import REPO_ROOT
-from tests.e2e.dagster_server import free_port, graphql, location_loaded, stop_group
+from tests.e2e.dagster_server import graphql, location_loaded, stop_group
+from tests.support import build_scored_world, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -60,38 +62,31 @@ class RecordedRun:
 
 
 @pytest.fixture(scope="module")
-def ui_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordedRun]:
+def ui_run(module_home: Path) -> RecordedRun:
     """A data home whose Dagster instance holds one run over ``MATERIALIZED`` for three simulated days."""
-    home = tmp_path_factory.mktemp("ui") / "txguard"
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("TXGUARD_"):
-                patch.delenv(name)
-        patch.setenv("TXGUARD_HOME", str(home))
-        patch.setenv("DAGSTER_HOME", str(home / "dagster"))
-        import dagster as dg
+    import dagster as dg
 
-        from jobs.platform.settings import load_settings
-        from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
-        from orchestration.definitions import defs
-        from orchestration.instance import prepare_dagster_home
-        from orchestration.runs import PIPELINE_JOB, partition_range_tags
+    from jobs.platform.settings import load_settings
+    from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
+    from orchestration.definitions import defs
+    from orchestration.instance import prepare_dagster_home
+    from orchestration.runs import PIPELINE_JOB, partition_range_tags
 
-        settings = load_settings()
-        prepare_dagster_home(settings)
-        config = SimulationConfig(customers=50, terminals=100, days=DAYS, start=FIRST_DAY, seed=7)
-        write_landing(simulate(config), settings.landing, "csv")
-        last_day = FIRST_DAY + dt.timedelta(days=DAYS - 1)
-        with dg.DagsterInstance.get() as instance:
-            result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
-                instance=instance,
-                asset_selection=[dg.AssetKey(name) for name in MATERIALIZED],
-                tags=partition_range_tags(FIRST_DAY.isoformat(), last_day.isoformat()),
-                raise_on_error=False,
-            )
-        failed = [event.step_key for event in result.all_events if event.is_step_failure]
-        assert result.success, f"the run the UI should show failed: {failed}"
-        yield RecordedRun(home, result.run_id)
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    config = SimulationConfig(customers=50, terminals=100, days=DAYS, start=FIRST_DAY, seed=7)
+    write_landing(simulate(config), settings.landing, "csv")
+    last_day = FIRST_DAY + dt.timedelta(days=DAYS - 1)
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(PIPELINE_JOB).execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey(name) for name in MATERIALIZED],
+            tags=partition_range_tags(FIRST_DAY.isoformat(), last_day.isoformat()),
+            raise_on_error=False,
+        )
+    failed = [event.step_key for event in result.all_events if event.is_step_failure]
+    assert result.success, f"the run the UI should show failed: {failed}"
+    return RecordedRun(module_home, result.run_id)
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +302,149 @@ def test_read_only_ui_refuses_to_launch(ui_run: RecordedRun, chromium: Browser, 
         finally:
             tab.close()
         assert tab.errors == [], f"the read-only UI raised in the browser: {tab.errors}"
+
+
+# --- the pages people read: lineage of a transaction, a partition and a model, and the model report -------
+
+
+def txguard(*args: str) -> None:
+    """One ``txguard`` command as people run it, in this test's environment."""
+    done = subprocess.run([venv_command("txguard"), *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def open_page(browser: Browser, path: Path, screenshots: Path, name: str) -> tuple[Page, list[str]]:
+    """``path`` in a fresh tab, screenshot whole; returns the tab and every URL it requested."""
+    page = browser.new_context(viewport=VIEWPORT).new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(path.as_uri())
+    page.screenshot(path=screenshots / f"{name}.png", full_page=True)
+    return page, requested
+
+
+def test_lineage_pages_and_model_report_explain_a_decision_to_people(
+    ui_run: RecordedRun,
+    handbook_lake: str,
+    training_set,
+    trained,
+    chromium: Browser,
+    test_artifacts: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import duckdb
+
+    from jobs.features.definitions import FEATURE_COLUMNS
+    from jobs.governance.audit import monitoring_results, record_monitoring
+    from jobs.monitoring.monitors import measure_drift
+    from jobs.platform import storage
+    from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
+    from jobs.platform.settings import load_settings
+    from jobs.training.trainer import feature_days
+
+    monkeypatch.setenv("TXGUARD_LAKE_ROOT", handbook_lake)
+    settings = load_settings()
+    days = feature_days(handbook_lake)[-2:]
+    world = build_scored_world(settings, training_set, trained, days)
+    drift = measure_drift(settings, days)
+    record_monitoring(
+        settings, monitoring_results("feature_drift", "drift_psi", drift, "run-drift"), "run-drift"
+    )
+    champion, version = world["champion"], str(world["champion"].version)
+    train_end = world["training"].window["validation_end"][:10]
+    with duckdb.connect(str(settings.snapshot_path), read_only=True) as snapshot:
+        tid, score, day = snapshot.execute(
+            "select transaction_id, score, day from scoring.transaction_scores where decision"
+            " order by score desc, transaction_id limit 1"
+        ).fetchone()
+        rows, alerts = snapshot.execute(
+            "select count(*), count(*) filter (where decision) from scoring.transaction_scores where day = ?",
+            [day],
+        ).fetchone()
+        scored = snapshot.execute("select count(*) from scoring.transaction_scores").fetchone()[0]
+    out = tmp_path / "pages"
+    txguard("lineage", "transaction", str(tid), "--format", "html", "-o", str(out / "transaction.html"))
+    txguard("lineage", "partition", day.isoformat(), "--format", "html", "-o", str(out / "partition.html"))
+    txguard("lineage", "model", version, "--format", "html", "-o", str(out / "model.html"))
+    txguard("report", "model", version, "-o", str(out / "report"))
+    mlflow = settings.mlflow_ui_url
+    data_docs = settings.home / "gx" / "data_docs" / "index.html"
+    assert data_docs.is_file(), "the recorded run's Great Expectations gate builds the Data Docs"
+
+    page, requested = open_page(chromium, out / "transaction.html", test_artifacts, "lineage-transaction")
+    expect(page.locator(".summary")).to_contain_text(
+        f"Transaction {tid} was scored {score:.4g} on {day} by txguard-fraud version {version}, trained on"
+        f" data up to {train_end}; it was an alert because {score:.4g} ≥ threshold {champion.threshold:.4g}."
+    )
+    expect(page.locator(".fact", has_text="threshold")).to_contain_text(f"{champion.threshold:.6g}")
+    features = storage.read_parquet(partition_uri(handbook_lake, TRANSACTION_FEATURES, day)).to_pandas()
+    values = features[features["transaction_id"] == tid].iloc[0]
+    reasons = page.locator("h2:text-is('Reasons') + table tbody tr")
+    expect(reasons).to_have_count(3)
+    for i in range(3):
+        cells = reasons.nth(i).locator("td")
+        feature = cells.nth(1).inner_text()
+        assert feature in FEATURE_COLUMNS
+        expect(cells.nth(2)).to_have_text(f"{float(values[feature]):.6g}")
+        expect(cells.nth(3)).to_have_text(re.compile(r"^\+\d"))
+    expect(page.get_by_role("link", name="model version in MLflow")).to_have_attribute(
+        "href", f"{mlflow}/#/models/txguard-fraud/versions/{version}"
+    )
+    expect(page.get_by_role("link", name=champion.run_id, exact=True)).to_have_attribute(
+        "href", f"{mlflow}/#/runs/{champion.run_id}"
+    )
+    expect(page.locator('a[href="http://127.0.0.1:3000/runs/run-scoring"]').first).to_be_visible()
+    docs = page.get_by_role("link", name="Data Docs", exact=True)
+    expect(docs).to_have_attribute("href", data_docs.as_uri())
+    assert [url for url in requested if not url.startswith(("file:", "data:"))] == []
+    docs.click()
+    expect(page).to_have_title("Data Docs created by Great Expectations", timeout=UI_WAIT_MS)
+    page.context.close()
+
+    page, requested = open_page(chromium, out / "partition.html", test_artifacts, "lineage-partition")
+    expect(page.locator(".summary")).to_contain_text(
+        f"Partition {day} holds {rows:,} scores by txguard-fraud version {version} (threshold"
+        f" {champion.threshold:.4g}, trained on data up to {train_end}), written by Dagster run run-scoring"
+    )
+    expect(page.locator(".fact", has_text="alerts")).to_contain_text(str(alerts))
+    expect(page.locator('a[href="http://127.0.0.1:3000/runs/run-scoring"]').first).to_be_visible()
+    assert [url for url in requested if not url.startswith(("file:", "data:"))] == []
+    page.context.close()
+
+    page, requested = open_page(chromium, out / "model.html", test_artifacts, "lineage-model")
+    span = f"{days[0]}..{days[-1]}"
+    expect(page.locator(".summary")).to_contain_text(
+        f"It scored 2 days ({span}, {scored:,} rows) in 1 period of consecutive days."
+    )
+    period = page.locator("tr", has_text=span)
+    expect(period).to_have_count(1)
+    expect(period.locator("td").nth(2)).to_have_text(f"{scored:,}")
+    expect(period.get_by_role("link", name="run-scoring", exact=True)).to_have_attribute(
+        "href", "http://127.0.0.1:3000/runs/run-scoring"
+    )
+    expect(page.locator(".fact", has_text="threshold")).to_contain_text(f"{champion.threshold:.6g}")
+    assert [url for url in requested if not url.startswith(("file:", "data:"))] == []
+    page.context.close()
+
+    page, requested = open_page(
+        chromium, out / "report" / f"txguard-fraud-v{version}.html", test_artifacts, "model-report"
+    )
+    expect(page.locator(".summary")).to_contain_text(f"txguard-fraud version {version} was trained on")
+    verdicts = page.locator("p:text-is('Each verdict:') + table")
+    for report in drift:
+        cells = verdicts.locator("tr", has_text=str(report.day)).locator("td")
+        expect(cells.nth(1)).to_have_text("feature_drift:drift_psi")
+        expect(cells.nth(2)).to_have_text(report.level)
+        name, value = report.worst
+        expect(cells.nth(5)).to_have_text(f"worst PSI {value:.3f} ({name}) is {report.level}")
+        expect(cells.nth(6).get_by_role("link")).to_have_attribute(
+            "href", "http://127.0.0.1:3000/runs/run-drift"
+        )
+    decoded = page.eval_on_selector_all(
+        "img", "images => images.map(image => image.complete && image.naturalWidth)"
+    )
+    assert decoded and all(decoded), decoded
+    expect(page.get_by_role("link", name=f"{mlflow}/#/runs/{champion.run_id}", exact=True)).to_be_visible()
+    assert [url for url in requested if not url.startswith(("file:", "data:"))] == []
+    page.context.close()

@@ -14,13 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
-from jobs.ingest.contract import RAW_FRAUD_REPORTS_SCHEMA, RAW_TRANSACTIONS_SCHEMA
-from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS, partition_uri
+from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS
 from jobs.platform.settings import REPO_ROOT
-from jobs.platform.storage import write_parquet_atomic
 from jobs.platform.warehouse import connect
 from jobs.transform.dbt_windows import (
     PartitionWindow,
@@ -31,35 +28,11 @@ from jobs.transform.dbt_windows import (
     lake_location,
     window_from_keys,
 )
+from tests.support import report_rows, transaction_rows, write_raw_partition
 
 DBT = str(Path(sys.executable).with_name("dbt"))
 PROJECT = REPO_ROOT / "dbt_project"
 HOSTILE_KEY = "2018-04-01' OR '1'='1"
-
-
-def write_partition(lake: Path | str, dataset: str, day: str, rows: list[dict]) -> None:
-    schema = RAW_TRANSACTIONS_SCHEMA if dataset == RAW_TRANSACTIONS else RAW_FRAUD_REPORTS_SCHEMA
-    lineage = {"extras": None, "source_file": f"{dataset}/{day}.csv", "ingest_run_id": "test-run"}
-    table = pa.Table.from_pylist([{**lineage, **row} for row in rows], schema=schema)
-    write_parquet_atomic(table, partition_uri(str(lake), dataset, day))
-
-
-def transactions(day: str, count: int, first_id: int) -> list[dict]:
-    start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
-    return [
-        {
-            "transaction_id": first_id + i,
-            "tx_datetime": start + dt.timedelta(minutes=7 * i),
-            "customer_id": i % 5,
-            "terminal_id": i % 3,
-            "tx_amount": round(5 + 1.25 * i, 2),
-        }
-        for i in range(count)
-    ]
-
-
-def report(transaction_id: int, reported_at: str) -> dict:
-    return {"transaction_id": transaction_id, "reported_at": dt.datetime.fromisoformat(reported_at)}
 
 
 # ---------------------------------------------------------------- pure: partition window → dbt arguments
@@ -160,7 +133,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
     """Three days of transactions and no fraud report yet, built by one `dbt build` of the window."""
     warehouse = Warehouse(tmp_path_factory.mktemp("dbt"))
     for offset, day in enumerate(("2018-04-01", "2018-04-02", "2018-04-03")):
-        write_partition(warehouse.lake, RAW_TRANSACTIONS, day, transactions(day, 12, 1000 * (offset + 1)))
+        write_raw_partition(
+            warehouse.lake, RAW_TRANSACTIONS, day, transaction_rows(day, 12, 1000 * (offset + 1))
+        )
     result = warehouse.dbt("build", *WITHOUT_SCORING_MARTS)
     assert result.returncode == 0, result.stdout[-4000:]
     return warehouse
@@ -203,12 +178,12 @@ def test_docs_generate_catalogues_the_warehouse(built: Warehouse) -> None:
 
 
 def test_a_redelivered_day_replaces_its_partition_only_and_labels_follow_reports(built: Warehouse) -> None:
-    write_partition(built.lake, RAW_TRANSACTIONS, "2018-04-02", transactions("2018-04-02", 5, 2000))
-    write_partition(
+    write_raw_partition(built.lake, RAW_TRANSACTIONS, "2018-04-02", transaction_rows("2018-04-02", 5, 2000))
+    write_raw_partition(
         built.lake,
         RAW_FRAUD_REPORTS,
         "2018-04-03",
-        [report(2001, "2018-04-03T10:00:00+00:00"), report(1003, "2018-04-03T11:00:00+00:00")],
+        report_rows("2018-04-03", [2001, 1003]),
     )
     result = built.dbt("build", *WITHOUT_SCORING_MARTS, first="2018-04-02", last="2018-04-03")
     assert result.returncode == 0, result.stdout[-4000:]
@@ -231,25 +206,27 @@ def test_a_redelivered_day_replaces_its_partition_only_and_labels_follow_reports
 def test_a_failed_write_leaves_the_previous_partition_intact(built: Warehouse) -> None:
     """The window's delete runs, the insert then breaks the contract (a null id): all of it rolls back."""
     before = built.rows("select * from staging.stg_landing__transactions order by transaction_id")
-    broken = transactions("2018-04-03", 12, 3000)
+    broken = transaction_rows("2018-04-03", 12, 3000)
     broken[5]["transaction_id"] = None
-    write_partition(built.lake, RAW_TRANSACTIONS, "2018-04-03", broken)
+    write_raw_partition(built.lake, RAW_TRANSACTIONS, "2018-04-03", broken)
     try:
         result = built.dbt(
             "run", "--select", "stg_landing__transactions", first="2018-04-03", last="2018-04-03"
         )
     finally:
-        write_partition(built.lake, RAW_TRANSACTIONS, "2018-04-03", transactions("2018-04-03", 12, 3000))
+        write_raw_partition(
+            built.lake, RAW_TRANSACTIONS, "2018-04-03", transaction_rows("2018-04-03", 12, 3000)
+        )
     assert result.returncode != 0
     assert "NOT NULL constraint failed" in result.stdout
     assert built.rows("select * from staging.stg_landing__transactions order by transaction_id") == before
 
 
 def test_a_failing_error_test_reports_its_failing_rows(built: Warehouse) -> None:
-    negative = transactions("2018-04-04", 4, 4000)
+    negative = transaction_rows("2018-04-04", 4, 4000)
     for row in negative[:3]:
         row["tx_amount"] = -1.0
-    write_partition(built.lake, RAW_TRANSACTIONS, "2018-04-04", negative)
+    write_raw_partition(built.lake, RAW_TRANSACTIONS, "2018-04-04", negative)
     result = built.dbt(
         "build", "--select", "stg_landing__transactions", first="2018-04-04", last="2018-04-04"
     )
@@ -277,39 +254,26 @@ def test_a_hostile_window_var_is_refused_before_any_sql(built: Warehouse) -> Non
     assert built.rows("select count(*) from staging.stg_landing__transactions") == before
 
 
-def test_an_s3_lake_is_read_through_s3fs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_s3_lake_is_read_through_s3fs(moto_s3, tmp_path: Path) -> None:
     """The `s3` target registers s3fs with DuckDB: no extension download, any S3 endpoint (here moto)."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        endpoint = "http://{}:{}".format(*server.get_host_and_port())
-        for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setenv("TXGUARD_S3_ENDPOINT_URL", endpoint)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lake")
-        lake = "s3://lake/txguard"
-        write_partition(lake, RAW_TRANSACTIONS, "2018-04-01", transactions("2018-04-01", 7, 100))
-        warehouse = tmp_path / "txguard.duckdb"
-        env = {
-            **os.environ,
-            **dbt_environment(warehouse, endpoint),
-            "DBT_TARGET_PATH": str(tmp_path / "target"),
-        }
-        args = dbt_build_args(window_from_keys("2018-04-01", "2018-04-01"), lake)
-        result = subprocess.run(
-            [DBT, "run", "--select", "path:models/staging", *args[1:]],
-            cwd=PROJECT,
-            env={**env, "DBT_LOG_PATH": str(tmp_path / "target")},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    finally:
-        server.stop()
+    moto_s3.create_bucket(Bucket="lake")
+    lake = "s3://lake/txguard"
+    write_raw_partition(lake, RAW_TRANSACTIONS, "2018-04-01", transaction_rows("2018-04-01", 7, 100))
+    warehouse = tmp_path / "txguard.duckdb"
+    env = {
+        **os.environ,
+        **dbt_environment(warehouse, moto_s3.meta.endpoint_url),
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+    }
+    args = dbt_build_args(window_from_keys("2018-04-01", "2018-04-01"), lake)
+    result = subprocess.run(
+        [DBT, "run", "--select", "path:models/staging", *args[1:]],
+        cwd=PROJECT,
+        env={**env, "DBT_LOG_PATH": str(tmp_path / "target")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-4000:]
     with connect(warehouse, read_only=True) as connection:
         assert connection.execute("select count(*) from staging.stg_landing__transactions").fetchone() == (7,)

@@ -14,13 +14,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from jobs.ingest.contract import RAW_FRAUD_REPORTS_SCHEMA, RAW_TRANSACTIONS_SCHEMA
-from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS, partition_uri
+from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS
 from jobs.platform.settings import REPO_ROOT
-from jobs.platform.storage import write_parquet_atomic
 from jobs.transform.dbt_windows import dbt_environment, dbt_vars, window_from_keys
 from jobs.transform.expectations import (
     SUITES,
@@ -32,40 +29,9 @@ from jobs.transform.expectations import (
     validate_frames,
     validate_staged,
 )
+from tests.support import report_rows, transaction_rows, write_raw_partition
 
 DAILY = 20
-
-
-def write_partition(lake: Path, dataset: str, day: str, rows: list[dict]) -> None:
-    schema = RAW_TRANSACTIONS_SCHEMA if dataset == RAW_TRANSACTIONS else RAW_FRAUD_REPORTS_SCHEMA
-    lineage = {"extras": None, "source_file": f"{dataset}/{day}.csv", "ingest_run_id": "test-run"}
-    table = pa.Table.from_pylist([{**lineage, **row} for row in rows], schema=schema)
-    write_parquet_atomic(table, partition_uri(str(lake), dataset, day))
-
-
-def transactions(day: dt.date, count: int) -> list[dict]:
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    first_id = day.toordinal() * 1000
-    return [
-        {
-            "transaction_id": first_id + i,
-            "tx_datetime": start + dt.timedelta(minutes=11 * i),
-            "customer_id": i % 6,
-            "terminal_id": i % 4,
-            "tx_amount": round(3 + 2.5 * i, 2),
-        }
-        for i in range(count)
-    ]
-
-
-def reports(day: dt.date, transaction_ids: list[int]) -> list[dict]:
-    noon = dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)
-    return [
-        {"transaction_id": t, "reported_at": noon + dt.timedelta(minutes=i)}
-        for i, t in enumerate(transaction_ids)
-    ]
-
-
 DAYS = [dt.date(2018, 4, 1) + dt.timedelta(days=n) for n in range(11)]
 OUT_OF_RANGE, SPIKE, COLLAPSE, MISFILED = DAYS[7], DAYS[8], DAYS[9], DAYS[10]
 
@@ -77,7 +43,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lake, warehouse = root / "lake", root / "warehouse" / "txguard.duckdb"
     warehouse.parent.mkdir()
     for day in DAYS:
-        rows = transactions(day, 3 if day == COLLAPSE else DAILY)
+        rows = transaction_rows(day, 3 if day == COLLAPSE else DAILY)
         if day == OUT_OF_RANGE:
             rows[4]["tx_amount"] = 50_000.0
         if day == MISFILED:
@@ -85,10 +51,10 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 hours=1
             )
             rows[7]["customer_id"] = None
-        write_partition(lake, RAW_TRANSACTIONS, day.isoformat(), rows)
-        earlier = transactions(day - dt.timedelta(days=1), DAILY)
+        write_raw_partition(lake, RAW_TRANSACTIONS, day, rows)
+        earlier = transaction_rows(day - dt.timedelta(days=1), DAILY)
         reported = [row["transaction_id"] for row in earlier[: 8 if day == SPIKE else 1]]
-        write_partition(lake, RAW_FRAUD_REPORTS, day.isoformat(), reports(day, reported))
+        write_raw_partition(lake, RAW_FRAUD_REPORTS, day, report_rows(day, reported))
     env = {**os.environ, **dbt_environment(warehouse), "DBT_TARGET_PATH": str(root / "target")}
     window = window_from_keys(DAYS[0].isoformat(), DAYS[-1].isoformat())
     result = subprocess.run(

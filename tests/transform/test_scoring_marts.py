@@ -7,13 +7,11 @@ transaction, top-100 cut, ranking) is checked against an independent statement o
 import datetime as dt
 from pathlib import Path
 
-import dagster as dg
-
 from jobs.platform.settings import load_settings
 from jobs.platform.warehouse import connect
 from orchestration.defs import transform
 from orchestration.partitions import WAREHOUSE_POOL
-from orchestration.resources import TxguardSettings
+from tests.support import materialize
 
 DAYS = (dt.date(2018, 4, 1), dt.date(2018, 4, 2))
 CARDS_ON_FIRST_DAY = 105  # more than the 100 alerted, so the cut is exercised
@@ -105,11 +103,11 @@ def test_the_scoring_marts_join_reports_and_rank_each_days_top_cards(txguard_hom
     rows = score_rows()
     load_inputs(settings.warehouse_path, rows)
 
-    result = dg.materialize(
+    result = materialize(
         [transform.dbt_scoring_marts],
         partition_key=DAYS[1].isoformat(),
-        resources={"settings": TxguardSettings(), "dbt": transform.defs.resources["dbt"]},
-        instance=dg.DagsterInstance.ephemeral(),
+        resources={"dbt": transform.defs.resources["dbt"]},
+        raise_on_error=True,
     )
 
     assert result.success
