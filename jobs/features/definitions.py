@@ -1,6 +1,7 @@
 """The feature set, declared once: training and scoring both use it, and its version is a hash of it.
 
-A model is only ever scored with features of the version it was trained on (DESIGN.md §3).
+A model is only ever scored with features of the version it was trained on (docs/architecture.md,
+"Point-in-time rule").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *(f"customer_id_amount_ratio_{w}day_window" for w in WINDOWS_DAYS),
     *(f"terminal_id_nb_reported_frauds_{w}day_window" for w in WINDOWS_DAYS),
 )
-"""The handbook's 15 features, then two of ours (``jobs/training/evaluate.py`` has the measurements):
+"""The handbook's 15 features, then two of ours (what they gain: README, "Design notes and departures"):
 
 - the amount against the card's own habit: a stolen card's spending spree is a ratio that a tree would
   otherwise have to carve out of two columns;

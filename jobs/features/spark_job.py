@@ -1,4 +1,4 @@
-"""Point-in-time transaction features (DESIGN.md §3) as a Spark job: ``compute_features`` and its entry.
+"""Point-in-time transaction features as a Spark job: ``compute_features`` and its entry.
 
 The feature of a transaction at time ``t`` uses only transactions with ``tx_datetime <= t`` and fraud reports
 with ``reported_at <= t``. Ties are resolved by that rule: every transaction at exactly ``t`` (the current one
@@ -15,10 +15,16 @@ together: one sort per terminal, no join of transactions against reports, whatev
 The terminal's reported frauds without the delay are the same idea: ``j`` counts from ``reported_at_j`` up to
 ``tx_j + w days``, as two more events on that timeline.
 
-Run it standalone (``python -m jobs.features.spark_job --start D --end D``, or ``spark-submit jobs/features/spark_job.py ...``
-with the ``jobs`` package installed or shipped with ``--py-files``) or through Dagster Pipes, which the
-asset ``transaction_features`` does. The lake may be a local path or ``s3://``: Spark reads and writes an S3
-lake as ``s3a://``, which needs the hadoop-aws jars on the cluster (they are not bundled with pyspark).
+A build (``build_features``) reads raw only its days and the days its windows cut; every whole day inside a
+window comes from the daily tiles of ``jobs.features.tiles``, one weighted row per card or terminal for each
+run of such days, and the reported transactions come from the report tiles. The windows are running sums of
+integers, so the result is the same, bit for bit, as ``compute_features`` over the whole raw history.
+
+Run it standalone (``python -m jobs.features.spark_job --start D --end D``, or
+``spark-submit jobs/features/spark_job.py ...`` with the ``jobs`` package installed or shipped with
+``--py-files``) or through Dagster Pipes, which the asset ``transaction_features`` does. The lake may be a
+local path or ``s3://``: Spark reads and writes an S3 lake as ``s3a://``, which needs the hadoop-aws jars on
+the cluster (they are not bundled with pyspark).
 """
 
 from __future__ import annotations
@@ -44,9 +50,25 @@ from jobs.features.definitions import (
     TERMINAL_DELAY_DAYS,
     WINDOWS_DAYS,
 )
+from jobs.features.tiles import (
+    AMOUNT_UNITS,
+    CUSTOMER_TILE_SCHEMA,
+    REPORT_TILE_SCHEMA,
+    TERMINAL_TILE_SCHEMA,
+    TilePlan,
+    days_between,
+    partition_rows,
+    plan_build,
+    report_lookup,
+    write_daily_tiles,
+    write_report_tiles,
+)
 from jobs.platform.layout import (
+    CUSTOMER_TILES,
     RAW_FRAUD_REPORTS,
     RAW_TRANSACTIONS,
+    REPORT_TILES,
+    TERMINAL_TILES,
     TRANSACTION_FEATURES,
     dataset_uri,
     partition_uri,
@@ -67,9 +89,6 @@ _SLOTS = 4
 _OPENS_AT, _TRANSACTION, _OPENS_AFTER = 0, 1, 2
 """Slots: an event that applies from its instant on, a transaction, an event that applies only after it."""
 
-AMOUNT_UNITS = 1_000_000
-"""Amounts are summed as integers of 1e-6: exact for the contract's cents (and up to six decimals)."""
-
 SHUFFLE_BYTES_PER_PARTITION = 16 * 1024 * 1024
 """Parquet bytes read per shuffle partition (roughly 64 MiB once decoded); AQE coalesces what is left over."""
 
@@ -81,38 +100,78 @@ def _day_micros(day: dt.date) -> int:
 def compute_features(
     transactions: DataFrame, fraud_reports: DataFrame, start: dt.date, end: dt.date
 ) -> DataFrame:
-    """Features of the transactions on days ``start..end`` (UTC), from the history the inputs hold.
+    """Features of the transactions on days ``start..end`` (UTC), from the raw history the inputs hold.
 
     ``transactions`` needs TRANSACTION_COLUMNS and ``fraud_reports`` REPORT_COLUMNS; transactions from
     ``start - HISTORY_DAYS`` onward are used. Returns OUTPUT_COLUMNS, one row per transaction, in no order.
     """
-    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rows = _transaction_rows(transactions, start, end)
+    first_report = (
+        fraud_reports.select(*REPORT_COLUMNS)
+        .withColumn("_reported_us", F.unix_micros("reported_at"))
+        .where(F.col("_reported_us") < _day_micros(end + dt.timedelta(days=1)))
+        .groupBy("transaction_id")
+        .agg(F.min("_reported_us").alias("_reported_us"))
+    )
+    reported = rows.select("transaction_id", "terminal_id", "_us").join(first_report, "transaction_id")
+    return _features(rows, reported, start, end)
+
+
+def _transaction_rows(transactions: DataFrame, start: dt.date, end: dt.date) -> DataFrame:
+    """The history's transactions, each weighing one transaction and its amount in whole micro-units."""
     from pyspark.sql import functions as F
 
     if end < start:
         raise ValueError(f"feature range ends ({end}) before it starts ({start})")
-    history_from = _day_micros(start - dt.timedelta(days=HISTORY_DAYS))
-    target_from, target_to = _day_micros(start), _day_micros(end + dt.timedelta(days=1))
     us = F.col("_us")
-    tx = (
+    history_from = _day_micros(start - dt.timedelta(days=HISTORY_DAYS))
+    return (
         transactions.select(*TRANSACTION_COLUMNS)
         .withColumn("_us", F.unix_micros("tx_datetime"))
-        .where((us >= history_from) & (us < target_to))
+        .where((us >= history_from) & (us < _day_micros(end + dt.timedelta(days=1))))
+        .withColumns(
+            {
+                "_n": F.lit(1).cast("long"),
+                "_units": F.round(F.col("tx_amount") * AMOUNT_UNITS).cast("long"),
+            }
+        )
     )
+
+
+def _features(
+    rows: DataFrame,
+    reported: DataFrame,
+    start: dt.date,
+    end: dt.date,
+    customer_blocks: DataFrame | None = None,
+    terminal_blocks: DataFrame | None = None,
+) -> DataFrame:
+    """The windows over weighted rows: transactions (``_transaction_rows``) and, for the whole days a build
+    read as tiles, one row per card (``customer_id, _us, _n, _units``) and per terminal
+    (``terminal_id, _key, _n``) standing for many transactions. ``reported`` holds each reported transaction
+    once (``transaction_id, terminal_id, _us, _reported_us``: its first report)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    us = F.col("_us")
+    zero = F.lit(0).cast("long")
 
     # Every frame starts at the partition's first row, so Spark grows it row by row (linear in the rows):
     # a window (a, b] is "up to b" minus "up to a". A bounded sliding frame would re-aggregate the whole frame
     # at every row, which a busy terminal or card turns quadratic. Amounts are summed in whole micro-units so
-    # that the difference is exact, and a feature never depends on how much history a build happened to read.
+    # that the difference is exact, and a feature never depends on how much history a build happened to read
+    # nor on which of its days came as tiles.
     by_customer = Window.partitionBy("customer_id").orderBy("_us")
     up_to_now = by_customer.rangeBetween(Window.unboundedPreceding, Window.currentRow)
-    amount_units = F.round(F.col("tx_amount") * AMOUNT_UNITS).cast("long")
-    count_to_now, units_to_now = F.count(F.lit(1)).over(up_to_now), F.sum(amount_units).over(up_to_now)
+    count_to_now = F.coalesce(F.sum("_n").over(up_to_now), zero)
+    units_to_now = F.sum("_units").over(up_to_now)
     customer: dict[str, Column] = {}
     for w in WINDOWS_DAYS:
         up_to_window = by_customer.rangeBetween(Window.unboundedPreceding, -w * MICROS_PER_DAY)
-        count = count_to_now - F.count(F.lit(1)).over(up_to_window)
-        units = units_to_now - F.coalesce(F.sum(amount_units).over(up_to_window), F.lit(0))
+        count = count_to_now - F.coalesce(F.sum("_n").over(up_to_window), zero)
+        units = units_to_now - F.coalesce(F.sum("_units").over(up_to_window), zero)
         customer[f"customer_id_nb_tx_{w}day_window"] = count
         average = units / (count * AMOUNT_UNITS)
         customer[f"customer_id_avg_amount_{w}day_window"] = average
@@ -120,26 +179,30 @@ def compute_features(
             average > 0, F.col("tx_amount") / average
         ).otherwise(1.0)
 
-    timeline = (
-        tx.withColumns(customer)
-        .withColumn("_key", us * _SLOTS + _TRANSACTION)
-        .unionByName(_report_events(tx, fraud_reports, target_to), allowMissingColumns=True)
-    )
+    if customer_blocks is not None:
+        rows = rows.unionByName(customer_blocks, allowMissingColumns=True)
+    timeline = rows.withColumns(customer).where(F.col("transaction_id").isNotNull())
+    timeline = timeline.withColumn("_key", us * _SLOTS + _TRANSACTION)
+    if terminal_blocks is not None:
+        timeline = timeline.unionByName(terminal_blocks, allowMissingColumns=True)
+    timeline = timeline.unionByName(_report_events(reported), allowMissingColumns=True)
 
     by_terminal = Window.partitionBy("terminal_id").orderBy("_key")
     delay = TERMINAL_DELAY_DAYS * MICROS_PER_DAY
     up_to_delay = by_terminal.rangeBetween(Window.unboundedPreceding, -_SLOTS * delay - 1)
-    count_to_delay = F.count("transaction_id").over(up_to_delay)
+    count_to_delay = F.coalesce(F.sum("_n").over(up_to_delay), zero)
     so_far = by_terminal.rangeBetween(Window.unboundedPreceding, Window.currentRow)
     terminal: dict[str, Column] = {}
     for w in WINDOWS_DAYS:
         up_to_window = by_terminal.rangeBetween(
             Window.unboundedPreceding, -_SLOTS * (delay + w * MICROS_PER_DAY) - 1
         )
-        count = count_to_delay - F.count("transaction_id").over(up_to_window)
-        reported = F.coalesce(F.sum(f"_opened_{w}").over(so_far), F.lit(0))
+        count = count_to_delay - F.coalesce(F.sum("_n").over(up_to_window), zero)
+        reported_frauds = F.coalesce(F.sum(f"_opened_{w}").over(so_far), F.lit(0))
         terminal[f"terminal_id_nb_tx_{w}day_window"] = count
-        terminal[f"terminal_id_risk_{w}day_window"] = F.when(count > 0, reported / count).otherwise(0.0)
+        terminal[f"terminal_id_risk_{w}day_window"] = F.when(count > 0, reported_frauds / count).otherwise(
+            0.0
+        )
         recent = F.coalesce(F.sum(f"_recent_{w}").over(so_far), F.lit(0))
         terminal[f"terminal_id_nb_reported_frauds_{w}day_window"] = recent
 
@@ -147,7 +210,7 @@ def compute_features(
     weekday = F.pmod(F.floor(us / MICROS_PER_DAY) + 3, F.lit(7))
     return (
         timeline.withColumns(terminal)
-        .where(F.col("transaction_id").isNotNull() & (us >= target_from))
+        .where(F.col("transaction_id").isNotNull() & (us >= _day_micros(start)))
         .withColumns(
             {
                 "tx_during_weekend": (weekday >= 5).cast("int"),
@@ -159,7 +222,7 @@ def compute_features(
     )
 
 
-def _report_events(tx: DataFrame, fraud_reports: DataFrame, target_to: int) -> DataFrame:
+def _report_events(reported: DataFrame) -> DataFrame:
     """+1/-1 events on each terminal's timeline for the times at which a reported transaction counts.
 
     In the risk window ``w`` (``_opened_w``), transaction ``j`` counts at ``t`` when
@@ -172,14 +235,6 @@ def _report_events(tx: DataFrame, fraud_reports: DataFrame, target_to: int) -> D
     """
     from pyspark.sql import functions as F
 
-    first_report = (
-        fraud_reports.select(*REPORT_COLUMNS)
-        .withColumn("_reported_us", F.unix_micros("reported_at"))
-        .where(F.col("_reported_us") < target_to)
-        .groupBy("transaction_id")
-        .agg(F.min("_reported_us").alias("_reported_us"))
-    )
-    reported = tx.select("transaction_id", "terminal_id", "_us").join(first_report, "transaction_id")
     delay = TERMINAL_DELAY_DAYS * MICROS_PER_DAY
     after_delay = F.col("_us") + delay
     reported_us = F.col("_reported_us")
@@ -211,14 +266,112 @@ def _report_events(tx: DataFrame, fraud_reports: DataFrame, target_to: int) -> D
     )
 
 
+def tiled_features(spark: SparkSession, plan: TilePlan) -> DataFrame:
+    """The features of ``plan.start..plan.end`` from the raw days of the plan and its tiles, which must be in
+    the lake (the report tiles included): the same rows, bit for bit, as ``compute_features`` over the whole
+    raw history."""
+    from pyspark.sql import functions as F
+
+    start, end = plan.start, plan.end
+    rows = _transaction_rows(
+        _read_partitions(spark, [plan.transactions[d].uri for d in plan.raw_days], TRANSACTION_COLUMNS),
+        start,
+        end,
+    )
+    history_from = _day_micros(start - dt.timedelta(days=HISTORY_DAYS))
+    target_to = _day_micros(end + dt.timedelta(days=1))
+    tiles = _read_tiles(spark, plan.uris(REPORT_TILES, plan.report_days), REPORT_TILE_SCHEMA)
+    reported = (
+        tiles.select(
+            "transaction_id",
+            "terminal_id",
+            F.col("tx_us").alias("_us"),
+            F.col("reported_us").alias("_reported_us"),
+        )
+        .where((F.col("_reported_us") < target_to) & F.col("_us").between(history_from, target_to - 1))
+        .groupBy("transaction_id", "terminal_id", "_us")
+        .agg(F.min("_reported_us").alias("_reported_us"))
+    )
+    customers = _read_tiles(spark, plan.uris(CUSTOMER_TILES, plan.customer_days), CUSTOMER_TILE_SCHEMA)
+    customer_blocks = customers.groupBy("customer_id", _block_start(plan.customer_blocks()).alias("_us")).agg(
+        F.sum("n").alias("_n"), F.sum("units").alias("_units")
+    )
+    terminals = _read_tiles(spark, plan.uris(TERMINAL_TILES, plan.terminal_days), TERMINAL_TILE_SCHEMA)
+    terminal_blocks = terminals.groupBy(
+        "terminal_id", (_block_start(plan.terminal_blocks()) * _SLOTS + _TRANSACTION).alias("_key")
+    ).agg(F.sum("n").alias("_n"))
+    return _features(rows, reported, start, end, customer_blocks, terminal_blocks)
+
+
+def _block_start(blocks: dict[dt.date, dt.date]) -> Column:
+    """The microsecond of the first midnight of the tile's run of days (tiles carry their ``day``)."""
+    from pyspark.sql import functions as F
+
+    if not blocks:
+        return F.lit(None).cast("long")
+    epoch = dt.date(1970, 1, 1)
+    pairs = [F.lit(v) for day, first in blocks.items() for v in ((day - epoch).days, _day_micros(first))]
+    return F.element_at(F.create_map(*pairs), F.unix_date("day"))
+
+
+def build_report_tiles(spark: SparkSession, plan: TilePlan, lookup_uris: Sequence[str]) -> None:
+    """Resolve the reports of ``plan.reports_to_build`` to their transaction's terminal and time, and write
+    one report tile per day. A report of day ``r`` is matched only with transactions of
+    ``plan.lookup_from(r)..r``; a report that names none of them is left out (it can never count)."""
+    from pyspark.sql import functions as F
+
+    first_target = F.lit((plan.start - dt.date(1970, 1, 1)).days)
+    reports = (
+        _read_partitions(spark, [plan.fraud_reports[d].uri for d in plan.reports_to_build], REPORT_COLUMNS)
+        .select(F.col("transaction_id").alias("_id"), F.unix_micros("reported_at").alias("reported_us"))
+        .withColumn("_day", F.floor(F.col("reported_us") / MICROS_PER_DAY))
+        .withColumn("_from", F.greatest(F.col("_day"), first_target) - HISTORY_DAYS)
+    )
+    transactions = _read_partitions(spark, lookup_uris, TRANSACTION_COLUMNS).select(
+        "transaction_id", "terminal_id", F.unix_micros("tx_datetime").alias("tx_us")
+    )
+    tx_day = F.floor(F.col("tx_us") / MICROS_PER_DAY)
+    resolved = (
+        reports.join(
+            transactions,
+            (F.col("_id") == F.col("transaction_id")) & tx_day.between(F.col("_from"), F.col("_day")),
+        )
+        .groupBy(F.date_from_unix_date("_day").alias("day"), "transaction_id", "terminal_id", "tx_us")
+        .agg(F.min("reported_us").alias("reported_us"))
+    )
+    write_report_tiles(plan, resolved.toArrow())
+
+
+def write_tiles_of_raw_days(plan: TilePlan, rows: DataFrame) -> None:
+    """The card and terminal tiles of the raw days whose tiles are missing or stale, from ``rows``
+    (``_transaction_rows`` of those days)."""
+    from pyspark.sql import functions as F
+
+    epoch = dt.date(1970, 1, 1)
+    wanted = [(d - epoch).days for d in plan.daily_tiles_to_write]
+    epoch_day = F.floor(F.col("_us") / MICROS_PER_DAY).cast("int")
+    of_days = rows.withColumn("_day", epoch_day).where(F.col("_day").isin(wanted))
+    # One scan and one shuffle for both kinds: each row counts under its card and under its terminal.
+    keys = F.array(
+        F.struct(F.lit(0).alias("_kind"), F.col("customer_id").alias("_id")),
+        F.struct(F.lit(1).alias("_kind"), F.col("terminal_id").alias("_id")),
+    )
+    both = (
+        of_days.select("_day", "_n", "_units", F.explode(keys).alias("_of"))
+        .groupBy(F.date_from_unix_date("_day").alias("day"), "_of._kind", "_of._id")
+        .agg(F.sum("_n").alias("n"), F.sum("_units").alias("units"))
+        .toArrow()
+    )
+    kind = both["_kind"].to_numpy()
+    customers = both.filter(kind == 0).rename_columns(["day", "_kind", "customer_id", "n", "units"])
+    terminals = both.filter(kind == 1).rename_columns(["day", "_kind", "terminal_id", "n", "units"])
+    write_daily_tiles(plan, customers, terminals)
+
+
 def shuffle_partitions_for(input_bytes: int, parallelism: int) -> int:
     """Small partitions, in whole waves of tasks over every core (not Spark's fixed 200)."""
     needed = min(2000, math.ceil(input_bytes / SHUFFLE_BYTES_PER_PARTITION))
     return max(1, parallelism) * max(1, math.ceil(needed / max(1, parallelism)))
-
-
-def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
-    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def spark_uri(uri: str) -> str:
@@ -239,6 +392,11 @@ class FeatureBuild:
     shuffle_partitions: int
     seconds: float
     missing_inputs: list[str] = field(default_factory=list)
+    raw_rows_read: dict[str, int] = field(default_factory=dict)
+    report_lookup_partitions: int = 0
+    tiles_read: dict[str, int] = field(default_factory=dict)
+    tiles_written: dict[str, int] = field(default_factory=dict)
+    stale_tiles: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -255,31 +413,19 @@ class FeatureBuild:
             "feature_set_version": FEATURE_SET_VERSION,
             "input_partitions": self.input_partitions,
             "missing_input_partitions": self.missing_inputs,
+            "raw_rows_read": self.raw_rows_read,
+            "report_lookup_partitions": self.report_lookup_partitions,
+            "tiles_read": self.tiles_read,
+            "tiles_written": self.tiles_written,
+            "stale_tiles": self.stale_tiles,
             "input_bytes": self.input_bytes,
             "shuffle_partitions": self.shuffle_partitions,
             "spark_seconds": round(self.seconds, 2),
         }
 
 
-def _existing_partitions(
-    lake: str, dataset: str, days: Sequence[dt.date]
-) -> tuple[list[str], int, list[dt.date]]:
-    """The partition files of ``days`` that exist, their total size in bytes, and the days without one."""
-    found, missing, size = [], [], 0
-    for day in days:
-        uri = partition_uri(lake, dataset, day)
-        fs, path = filesystem(uri)
-        try:
-            size += int(fs.info(path)["size"])
-        except FileNotFoundError:
-            missing.append(day)
-            continue
-        found.append(uri)
-    return found, size, missing
-
-
 def _read_partitions(spark: SparkSession, uris: Sequence[str], columns: Sequence[str]) -> DataFrame:
-    """The listed partition files only (never a scan of the dataset), or an empty frame when none exist."""
+    """The listed raw files only (never a scan of the dataset), or an empty frame when none exist."""
     from pyspark.sql.types import DoubleType, LongType, StructField, StructType, TimestampType
 
     types = {"tx_amount": DoubleType(), "tx_datetime": TimestampType(), "reported_at": TimestampType()}
@@ -289,32 +435,54 @@ def _read_partitions(spark: SparkSession, uris: Sequence[str], columns: Sequence
     return spark.read.schema(schema).parquet(*(spark_uri(u) for u in uris))
 
 
+def _read_tiles(spark: SparkSession, uris: Sequence[str], schema: pa.Schema) -> DataFrame:
+    """The listed tile files, or an empty frame when there are none."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    spark_schema = from_arrow_schema(schema)
+    if not uris:
+        return spark.createDataFrame([], spark_schema)
+    return spark.read.schema(spark_schema).parquet(*(spark_uri(u) for u in uris))
+
+
 def build_features(spark: SparkSession, lake: str, start: dt.date, end: dt.date) -> FeatureBuild:
-    """Read the raw partitions the range needs, compute, and replace one feature partition per day."""
+    """Compute the range from its raw days and tiles, and replace one feature partition per day.
+
+    Report tiles that are missing or stale are built first. After the features, the card and terminal tiles
+    of the raw days read are written where missing or stale, so that later days find them: a backfill leaves
+    the tiles of every day it read, a daily run those of its own day.
+    """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import to_arrow_schema
 
+    if end < start:
+        raise ValueError(f"feature range ends ({end}) before it starts ({start})")
     started = time.perf_counter()
     days = days_between(start, end)
-    history = days_between(start - dt.timedelta(days=HISTORY_DAYS), end)
-    tx_uris, tx_bytes, tx_missing = _existing_partitions(lake, RAW_TRANSACTIONS, history)
-    report_uris, report_bytes, _ = _existing_partitions(lake, RAW_FRAUD_REPORTS, history)
-    shuffles = shuffle_partitions_for(tx_bytes + report_bytes, spark.sparkContext.defaultParallelism)
+    plan = plan_build(lake, start, end)
+    lookup = report_lookup(plan)
+    report_uris = [plan.fraud_reports[d].uri for d in plan.reports_to_build]
+    tx_days = sorted(set(plan.raw_days) | set(lookup.days))
+    input_bytes = (
+        sum(plan.transactions[d].size for d in tx_days)
+        + sum(plan.fraud_reports[d].size for d in plan.reports_to_build)
+        + plan.tile_bytes
+    )
+    shuffles = shuffle_partitions_for(input_bytes, spark.sparkContext.defaultParallelism)
     spark.conf.set("spark.sql.shuffle.partitions", str(shuffles))
     # Sized above in whole waves over the cores; AQE's coalescing would leave a last wave with idle cores.
     spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     # A few hundred named files are listed faster on the driver than by a distributed listing job.
-    spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.threshold", str(len(history) * 2 + 1))
+    files = len(tx_days) + len(report_uris) + len(plan.report_days)
+    files += len(plan.customer_days) + len(plan.terminal_days)
+    spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.threshold", str(files + 1))
 
-    features = compute_features(
-        _read_partitions(spark, tx_uris, TRANSACTION_COLUMNS),
-        _read_partitions(spark, report_uris, REPORT_COLUMNS),
-        start,
-        end,
-    )
+    if plan.reports_to_build:
+        build_report_tiles(spark, plan, lookup.uris)
+    features = tiled_features(spark, plan)
     observation = Observation("transaction_features")
     observed = features.observe(
         observation, *(F.count_if(F.col(c).isNull()).alias(c) for c in OUTPUT_COLUMNS)
@@ -336,17 +504,38 @@ def build_features(spark: SparkSession, lake: str, start: dt.date, end: dt.date)
             fs.rm(staging_path, recursive=True)
         with contextlib.suppress(OSError):
             fs.rmdir(staging_path.rsplit("/", 1)[0])
+    if plan.daily_tiles_to_write:
+        raw_rows = _read_partitions(
+            spark, [plan.transactions[d].uri for d in plan.daily_tiles_to_write], TRANSACTION_COLUMNS
+        )
+        write_tiles_of_raw_days(plan, _transaction_rows(raw_rows, start, end))
     total = sum(rows_per_day.values())
     return FeatureBuild(
         start=start,
         end=end,
         rows_per_day=rows_per_day,
         null_rates={c: nulls[c] / total if total else 0.0 for c in OUTPUT_COLUMNS},
-        input_partitions={RAW_TRANSACTIONS: len(tx_uris), RAW_FRAUD_REPORTS: len(report_uris)},
-        input_bytes=tx_bytes + report_bytes,
+        input_partitions={RAW_TRANSACTIONS: len(tx_days), RAW_FRAUD_REPORTS: len(report_uris)},
+        input_bytes=input_bytes,
         shuffle_partitions=shuffles,
         seconds=time.perf_counter() - started,
-        missing_inputs=[day.isoformat() for day in tx_missing if day >= start],
+        missing_inputs=[day.isoformat() for day in days if day not in plan.transactions],
+        raw_rows_read={
+            RAW_TRANSACTIONS: partition_rows([plan.transactions[d].uri for d in tx_days]),
+            RAW_FRAUD_REPORTS: lookup.report_rows,
+        },
+        report_lookup_partitions=len(set(lookup.days) - set(plan.raw_days)),
+        tiles_read={
+            CUSTOMER_TILES: len(plan.customer_days),
+            TERMINAL_TILES: len(plan.terminal_days),
+            REPORT_TILES: len(plan.report_days),
+        },
+        tiles_written={
+            CUSTOMER_TILES: len(plan.daily_tiles_to_write),
+            TERMINAL_TILES: len(plan.daily_tiles_to_write),
+            REPORT_TILES: len(plan.reports_to_build),
+        },
+        stale_tiles=list(plan.stale),
     )
 
 
@@ -400,7 +589,7 @@ def _pipes_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from jobs.platform.layout import parse_day
-    from jobs.platform.settings import load_settings
+    from jobs.platform.settings import SettingsError, load_settings
 
     parser = argparse.ArgumentParser(prog="jobs.features.spark_job", description=__doc__.splitlines()[0])
     parser.add_argument("--start", required=True, type=parse_day, help="first day, YYYY-MM-DD")
@@ -408,21 +597,26 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lake", help="lake root (default: TXGUARD_LAKE_ROOT or $TXGUARD_HOME/lake)")
     parser.add_argument("--master", help="Spark master (default: TXGUARD_SPARK_MASTER or local[*])")
     args = parser.parse_args(argv)
-    if args.lake is None or args.master is None:
+    try:
         settings = load_settings()
-        args.lake = args.lake or settings.lake
-        args.master = args.master or settings.spark_master
+    except SettingsError as error:
+        parser.error(str(error))
+    args.lake = args.lake or settings.lake
+    args.master = args.master or settings.spark_master
+    args.driver_memory = settings.spark_driver_memory
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the feature partitions of ``--start..--end`` and report them to Dagster when it launched us."""
+    from jobs.platform.processes import die_with_parent
     from jobs.platform.spark import spark_session
 
+    die_with_parent()
     args = _parse_args(argv)
     with _pipes() as pipes:
         jvm_started = time.perf_counter()
-        spark = spark_session(args.master, app_name="txguard-features")
+        spark = spark_session(args.master, app_name="txguard-features", driver_memory=args.driver_memory)
         jvm_seconds = time.perf_counter() - jvm_started
         try:
             build = build_features(spark, args.lake, args.start, args.end)

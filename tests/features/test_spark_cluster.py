@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +16,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from jobs.features.spark_job import build_features, days_between
+from jobs.features.spark_job import build_features
+from jobs.features.tiles import days_between
 from jobs.platform.java import ensure_java_home
 from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
 from jobs.platform.settings import REPO_ROOT
 from jobs.platform.storage import read_parquet
 from jobs.testing.reference_features import _normalise, random_raw, write_raw_lake
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
 START, END = dt.date(2018, 4, 20), dt.date(2018, 4, 24)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cluster_env(work: Path) -> dict[str, str]:
@@ -81,7 +76,7 @@ def _master_state(ui_port: int) -> dict:
 def standalone_cluster(tmp_path: Path) -> Iterator[tuple[str, int, dict[str, str]]]:
     """A master and one worker (1 core, 1 GiB) launched with pyspark's own ``bin/spark-class``."""
     env = _cluster_env(tmp_path)
-    port, ui_port = _free_port(), _free_port()
+    port, ui_port = free_port(), free_port()
     master_url = f"spark://127.0.0.1:{port}"
     master_options = ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui_port)]
     processes = [
@@ -89,7 +84,7 @@ def standalone_cluster(tmp_path: Path) -> Iterator[tuple[str, int, dict[str, str
     ]
     try:
         worker_options = ["--host", "127.0.0.1", "--cores", "1", "--memory", "1g"]
-        worker_options += ["--webui-port", str(_free_port()), "--work-dir", str(tmp_path / "worker")]
+        worker_options += ["--webui-port", str(free_port()), "--work-dir", str(tmp_path / "worker")]
         worker_class = "org.apache.spark.deploy.worker.Worker"
         processes.append(
             _spark_class(env, tmp_path / "worker.log", worker_class, master_url, *worker_options)
@@ -120,11 +115,9 @@ def test_cluster_run_matches_local(standalone_cluster, spark, tmp_path: Path) ->
     for lake in (cluster_lake, local_lake):
         write_raw_lake(lake, transactions, reports)
 
-    job = subprocess.run(
-        [sys.executable, "-m", "jobs.features.spark_job", "--start", START.isoformat(), "--end", END.isoformat(),
-         "--lake", cluster_lake, "--master", master_url],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "jobs.features.spark_job", "--start", START.isoformat()]
+    command += ["--end", END.isoformat(), "--lake", cluster_lake, "--master", master_url]
+    job = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stderr[-4000:]
     summary = json.loads(job.stdout.strip().splitlines()[-1])
     assert summary["spark_master"] == master_url

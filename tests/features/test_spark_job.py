@@ -15,10 +15,10 @@ from jobs.features.spark_job import (
     OUTPUT_COLUMNS,
     build_features,
     compute_features,
-    days_between,
     shuffle_partitions_for,
     spark_uri,
 )
+from jobs.features.tiles import days_between
 from jobs.platform.layout import RAW_TRANSACTIONS, TRANSACTION_FEATURES, partition_uri
 from jobs.platform.storage import read_parquet
 from jobs.simulation.simulator import SimulationConfig, simulate
