@@ -182,6 +182,38 @@ def leaks(marker: str, root: Path) -> list[str]:
     return found
 
 
+def perturb_after(
+    transactions: pd.DataFrame, reports: pd.DataFrame, cutoff: pd.Timestamp, rng: np.random.Generator
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Change everything strictly after ``cutoff``: amounts, who and where, new rows, and every report."""
+    tx = transactions.copy()
+    after = tx["tx_datetime"] > cutoff
+    tx.loc[after, "tx_amount"] = tx.loc[after, "tx_amount"] * 7 + 1
+    tx.loc[after, "customer_id"] = (tx.loc[after, "customer_id"] + 1) % 40
+    tx.loc[after, "terminal_id"] = (tx.loc[after, "terminal_id"] + 3) % 25
+    new = pd.DataFrame(
+        {
+            "transaction_id": np.arange(500) + 10**7,
+            "tx_datetime": cutoff + pd.to_timedelta(rng.integers(1, 20 * 86_400, 500), unit="s"),
+            "customer_id": rng.integers(0, 40, 500),
+            "terminal_id": rng.integers(0, 25, 500),
+            "tx_amount": rng.uniform(0, 500, 500).round(2),
+        }
+    )
+    later_reports = pd.DataFrame(
+        {  # reports arriving later, for transactions before the cutoff as well as after it
+            "transaction_id": rng.choice(tx["transaction_id"].to_numpy(), 400),
+            "reported_at": cutoff + pd.to_timedelta(rng.integers(1, 10 * 86_400, 400), unit="s"),
+        }
+    )
+    kept = reports[reports["reported_at"] <= cutoff]
+    tx = pd.concat([tx, new], ignore_index=True).astype({"tx_datetime": transactions["tx_datetime"].dtype})
+    reports = pd.concat([kept, later_reports], ignore_index=True).astype(
+        {"reported_at": reports["reported_at"].dtype}
+    )
+    return tx, reports
+
+
 def report_rows(day: dt.date | str, transaction_ids: Sequence[int]) -> list[dict]:
     """Fraud reports that arrived on ``day``, from noon on, a minute apart."""
     noon = dt.datetime.combine(dt.date.fromisoformat(str(day)), dt.time(12), tzinfo=dt.UTC)

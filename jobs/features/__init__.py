@@ -1,1 +1,1 @@
-"""Features: the point-in-time feature set, the Spark job that builds it, and its contract."""
+"""Features: the point-in-time feature set, the Spark job that builds it, its tiles, and its contract."""

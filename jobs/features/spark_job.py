@@ -449,8 +449,8 @@ def build_features(spark: SparkSession, lake: str, start: dt.date, end: dt.date)
     """Compute the range from its raw days and tiles, and replace one feature partition per day.
 
     Report tiles that are missing or stale are built first. After the features, the card and terminal tiles
-    of the raw days read are written where missing or stale, so that later days find them: a backfill leaves
-    the tiles of every day it read, a daily run those of its own day.
+    that were missing or stale are written, from the raw rows read: those this build wanted, and those of its
+    last days that later days will want (a daily run writes its own day's).
     """
     from pyspark.sql import Observation
     from pyspark.sql import functions as F

@@ -261,7 +261,12 @@ def plan_build(lake: str, start: dt.date, end: dt.date) -> TilePlan:
                 invalid.add(day)
                 if header is not None:
                     stale.append(f"{dataset}/{day.isoformat()}")
-    raw |= invalid & set().union(*wanted.values())
+    fallback = invalid & set().union(*wanted.values())
+    raw |= fallback
+    # Besides the tiles this build missed, keep those a later day will read: a long backfill need not leave a
+    # tile for every day it read (a re-run of an older day reads such a day raw and writes its tile then).
+    later_from = end + dt.timedelta(days=1 - max(_CUSTOMER_SPAN[0], _TERMINAL_SPAN[0]))
+    to_write = fallback | {d for d in raw & invalid if d >= later_from}
     tiled = {dataset: tuple(d for d in days if d not in raw) for dataset, days in wanted.items()}
 
     report_days = tuple(sorted(fraud_reports))
@@ -287,7 +292,7 @@ def plan_build(lake: str, start: dt.date, end: dt.date) -> TilePlan:
         terminal_days=tiled[TERMINAL_TILES],
         report_days=report_days,
         reports_to_build=tuple(to_build),
-        daily_tiles_to_write=tuple(sorted(raw & invalid)),
+        daily_tiles_to_write=tuple(sorted(to_write)),
         tile_bytes=tile_bytes,
         stale=tuple(sorted(stale)),
     )

@@ -19,7 +19,13 @@ from jobs.features.spark_job import (
     spark_uri,
 )
 from jobs.features.tiles import days_between
-from jobs.platform.layout import RAW_TRANSACTIONS, TRANSACTION_FEATURES, partition_uri
+from jobs.platform.layout import (
+    CUSTOMER_TILES,
+    RAW_TRANSACTIONS,
+    TERMINAL_TILES,
+    TRANSACTION_FEATURES,
+    partition_uri,
+)
 from jobs.platform.storage import read_parquet
 from jobs.simulation.simulator import SimulationConfig, simulate
 from jobs.testing.reference_features import (
@@ -29,6 +35,7 @@ from jobs.testing.reference_features import (
     random_raw,
     write_raw_lake,
 )
+from tests.support import perturb_after
 
 D = dt.date(2018, 5, 10)  # a Thursday
 T = pd.Timestamp("2018-05-10 12:00:00", tz="UTC")
@@ -150,45 +157,13 @@ def test_hand_computed_window_edges_agree_with_both_references(spark) -> None:
     _assert_same(features, pandas_features(transactions, reports, D, end))
 
 
-def _perturb_after(
-    transactions: pd.DataFrame, reports: pd.DataFrame, cutoff: pd.Timestamp, rng: np.random.Generator
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Change everything strictly after ``cutoff``: amounts, who and where, new rows, and every report."""
-    tx = transactions.copy()
-    after = tx["tx_datetime"] > cutoff
-    tx.loc[after, "tx_amount"] = tx.loc[after, "tx_amount"] * 7 + 1
-    tx.loc[after, "customer_id"] = (tx.loc[after, "customer_id"] + 1) % 40
-    tx.loc[after, "terminal_id"] = (tx.loc[after, "terminal_id"] + 3) % 25
-    new = pd.DataFrame(
-        {
-            "transaction_id": np.arange(500) + 10**7,
-            "tx_datetime": cutoff + pd.to_timedelta(rng.integers(1, 20 * 86_400, 500), unit="s"),
-            "customer_id": rng.integers(0, 40, 500),
-            "terminal_id": rng.integers(0, 25, 500),
-            "tx_amount": rng.uniform(0, 500, 500).round(2),
-        }
-    )
-    later_reports = pd.DataFrame(
-        {  # reports arriving later, for transactions before the cutoff as well as after it
-            "transaction_id": rng.choice(tx["transaction_id"].to_numpy(), 400),
-            "reported_at": cutoff + pd.to_timedelta(rng.integers(1, 10 * 86_400, 400), unit="s"),
-        }
-    )
-    kept = reports[reports["reported_at"] <= cutoff]
-    tx = pd.concat([tx, new], ignore_index=True).astype({"tx_datetime": transactions["tx_datetime"].dtype})
-    reports = pd.concat([kept, later_reports], ignore_index=True).astype(
-        {"reported_at": reports["reported_at"].dtype}
-    )
-    return tx, reports
-
-
 def test_no_leakage_from_after_t(spark) -> None:
     transactions, reports = random_raw(1)
     start, end = dt.date(2018, 5, 1), dt.date(2018, 5, 20)
     in_range = transactions[transactions["tx_datetime"].dt.date.between(start, end)]
     cutoff = in_range["tx_datetime"].iloc[len(in_range) // 2]
     assert (in_range["tx_datetime"] == cutoff).sum() >= 1
-    changed_tx, changed_reports = _perturb_after(transactions, reports, cutoff, np.random.default_rng(7))
+    changed_tx, changed_reports = perturb_after(transactions, reports, cutoff, np.random.default_rng(7))
 
     before = _spark_features(spark, transactions, reports, start, end)
     after = _spark_features(spark, changed_tx, changed_reports, start, end)
@@ -256,6 +231,8 @@ def test_built_partitions_match_duckdb_on_simulated_data(simulated_lake) -> None
 def test_build_reads_only_the_history_it_needs(simulated_lake) -> None:
     _, lake, start, end, build = simulated_lake
     assert build.input_partitions[RAW_TRANSACTIONS] == (end - start).days + 1 + HISTORY_DAYS
+    # tiles only for the days that the days after the range will read: the range's last 36
+    assert build.tiles_written[CUSTOMER_TILES] == build.tiles_written[TERMINAL_TILES] == HISTORY_DAYS - 1
     assert not list(Path(lake, TRANSACTION_FEATURES).glob("_staging/*"))
 
 
