@@ -72,7 +72,7 @@ def rollback(reason: str) -> None:
 @click.option(
     "--protocol", type=click.Choice(["handbook", "production", "both"]), default="handbook", show_default=True
 )
-@click.option("--lake", default=None, help="lake root (path or s3://); default: TXGUARD_LAKE_ROOT")
+@click.option("--lake", default=None, help="lake root (path or s3://); default: the configured lake")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "cuda"]), default=None)
 def evaluate(protocol: str, lake: str | None, device: str | None) -> None:
     """Train and test on the handbook's protocol and print the result next to the published table.

@@ -88,7 +88,7 @@ def mlflow_ui(host: str, port: int) -> None:
     """Start the MLflow tracking server and UI on the pipeline's tracking store."""
     settings = prepared_settings()
     if not settings.tracking_uri.startswith("sqlite:"):
-        raise click.ClickException(f"TXGUARD_MLFLOW_URI={settings.tracking_uri} is a remote server already")
+        raise click.ClickException(f"MLflow already runs as a server at {settings.tracking_uri}")
     settings.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     argv = [
         os.path.join(os.path.dirname(sys.executable), "mlflow"),
