@@ -40,7 +40,7 @@ from jobs.platform.layout import (
     partition_uri,
 )
 from jobs.simulation.simulator import SimulationConfig, simulate
-from jobs.testing.reference_features import _normalise, duckdb_feature_query, pandas_features, write_raw_lake
+from jobs.testing.reference_features import duckdb_feature_query, normalise, pandas_features, write_raw_lake
 
 DAILY_REPEATS = 3
 BACKFILL_GOAL_SCALE = 10.0
@@ -136,8 +136,8 @@ def main() -> None:
             pandas_result, pandas_seconds = _timed(pandas_build, lake, start, end)
 
         written = pq.read_table(dataset_uri(lake, TRANSACTION_FEATURES), partitioning="hive").to_pandas()
-        spark_result = _normalise(written)
-        duckdb_result = _normalise(
+        spark_result = normalise(written)
+        duckdb_result = normalise(
             pq.read_table(Path(folder) / "duckdb_features", partitioning="hive").to_pandas()
         )
         compared = f"rows: spark {build.rows:,}, duckdb {rows:,}; max |difference| spark-duckdb " + (

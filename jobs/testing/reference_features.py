@@ -154,7 +154,7 @@ def duckdb_features(
     con.register("ref_transactions", transactions)
     con.register("ref_fraud_reports", fraud_reports)
     query = duckdb_feature_query("ref_transactions", "ref_fraud_reports", start, end)
-    return _normalise(con.sql(query).df())
+    return normalise(con.sql(query).df())
 
 
 def _customer_spending(customer: pd.DataFrame) -> pd.DataFrame:
@@ -226,7 +226,7 @@ def pandas_features(
     out["tx_during_weekend"] = (out["tx_datetime"].dt.weekday >= 5).astype("int32")
     out["tx_during_night"] = (out["tx_datetime"].dt.hour <= NIGHT_LAST_HOUR).astype("int32")
     out["feature_set_version"] = FEATURE_SET_VERSION
-    return _normalise(out[list(OUTPUT_COLUMNS)])
+    return normalise(out[list(OUTPUT_COLUMNS)])
 
 
 def _known_pairs(out: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFrame:
@@ -261,7 +261,7 @@ def add_recent_reports(out: pd.DataFrame, reported: pd.DataFrame) -> None:
         out[f"terminal_id_nb_reported_frauds_{w}day_window"] = hits.reindex(out.index, fill_value=0)
 
 
-def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Same column order, dtypes and row order whatever engine produced the frame."""
     frame = frame[list(OUTPUT_COLUMNS)].copy()
     for column in OUTPUT_COLUMNS:

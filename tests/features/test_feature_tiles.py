@@ -34,8 +34,8 @@ from jobs.platform.layout import (
 )
 from jobs.platform.storage import read_parquet, write_parquet_atomic
 from jobs.testing.reference_features import (
-    _normalise,
     duckdb_features,
+    normalise,
     pandas_features,
     random_raw,
     write_raw_lake,
@@ -52,14 +52,14 @@ D - 7 and D - 7 - w for the terminal windows."""
 
 
 def _written(lake: str, days: list[dt.date]) -> pd.DataFrame:
-    return _normalise(
+    return normalise(
         pd.concat([read_parquet(partition_uri(lake, TRANSACTION_FEATURES, d)).to_pandas() for d in days])
     )
 
 
 def _raw(spark, transactions: pd.DataFrame, reports: pd.DataFrame, start, end) -> pd.DataFrame:
     result = compute_features(spark.createDataFrame(transactions), spark.createDataFrame(reports), start, end)
-    return _normalise(result.toPandas())
+    return normalise(result.toPandas())
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from jobs.platform.java import ensure_java_home
 from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
 from jobs.platform.settings import REPO_ROOT
 from jobs.platform.storage import read_parquet
-from jobs.testing.reference_features import _normalise, random_raw, write_raw_lake
+from jobs.testing.reference_features import normalise, random_raw, write_raw_lake
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ def standalone_cluster(tmp_path: Path) -> Iterator[tuple[str, int, dict[str, str
 
 def _feature_table(lake: str) -> pd.DataFrame:
     days = days_between(START, END)
-    return _normalise(
+    return normalise(
         pd.concat([read_parquet(partition_uri(lake, TRANSACTION_FEATURES, d)).to_pandas() for d in days])
     )
 

@@ -29,8 +29,8 @@ from jobs.platform.layout import (
 from jobs.platform.storage import read_parquet
 from jobs.simulation.simulator import SimulationConfig, simulate
 from jobs.testing.reference_features import (
-    _normalise,
     duckdb_features,
+    normalise,
     pandas_features,
     random_raw,
     write_raw_lake,
@@ -44,7 +44,7 @@ S, H, DAY = pd.Timedelta(seconds=1), pd.Timedelta(hours=1), pd.Timedelta(days=1)
 
 def _spark_features(spark, transactions: pd.DataFrame, reports: pd.DataFrame, start, end) -> pd.DataFrame:
     result = compute_features(spark.createDataFrame(transactions), spark.createDataFrame(reports), start, end)
-    return _normalise(result.toPandas())
+    return normalise(result.toPandas())
 
 
 def _assert_same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
@@ -222,7 +222,7 @@ def test_built_partitions_match_duckdb_on_simulated_data(simulated_lake) -> None
     )
     reference = duckdb_features(data.transactions.to_pandas(), data.fraud_reports.to_pandas(), start, end)
     assert len(reference) > 1000
-    _assert_same(_normalise(written), reference)
+    _assert_same(normalise(written), reference)
     assert build.rows == len(reference)
     assert set(build.null_rates.values()) == {0.0}
     assert build.metadata()["feature_set_version"] == FEATURE_SET_VERSION
