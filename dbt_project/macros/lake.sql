@@ -7,7 +7,7 @@
         {{ return("(select 1)") }}
     {%- endif -%}
     {%- set node = graph.sources['source.' ~ project_name ~ '.' ~ source_name ~ '.' ~ table_name] -%}
-    {%- set lake_root = var('lake_root', env_var('TXGUARD_LAKE_ROOT', env_var('TXGUARD_HOME', '../.txguard') ~ '/lake')) | string -%}
+    {%- set lake_root = var('lake_root', env_var('DBT_LAKE_ROOT', env_var('TXGUARD_LAKE_ROOT', env_var('TXGUARD_HOME', '../.txguard') ~ '/lake'))) | string -%}
     {%- if "'" in lake_root or '\\' in lake_root or lake_root == '' -%}
         {{ exceptions.raise_compiler_error("var lake_root=" ~ lake_root ~ " is not a usable lake root") }}
     {%- endif -%}

@@ -16,10 +16,13 @@ import random
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     import duckdb
 
 LOCK_WAIT_SECONDS = 300.0
@@ -65,6 +68,33 @@ def connect(
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
     return _open(path, read_only, {"autoinstall_known_extensions": False}, lock_timeout_s)
+
+
+def quoted_relation(relation: str) -> str:
+    """``schema.table`` as quoted identifiers, so a relation name from a manifest is never read as SQL."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in relation.split("."))
+
+
+def table_rows(connection: duckdb.DuckDBPyConnection, relation: str) -> int:
+    return int(connection.execute(f"select count(*) from {quoted_relation(relation)}").fetchone()[0])
+
+
+def rows_per_day(
+    connection: duckdb.DuckDBPyConnection, relation: str, day_column: str, days: Sequence[dt.date]
+) -> dict[dt.date, int]:
+    """Each day's rows of a day-partitioned table (zero for a day without rows): one day's own number for
+    that day's materialization, not the table's total."""
+    found = dict.fromkeys(days, 0)
+    if not days:
+        return found
+    column = quoted_relation(day_column)
+    rows = connection.execute(
+        f"select {column}, count(*) from {quoted_relation(relation)} "
+        f"where {column} between ? and ? group by {column}",
+        [min(days), max(days)],
+    ).fetchall()
+    found.update((day, int(count)) for day, count in rows if day in found)
+    return found
 
 
 def connect_snapshot(snapshot: Path) -> duckdb.DuckDBPyConnection:

@@ -150,22 +150,31 @@ def feature_drift(context: dg.AssetExecutionContext, settings: TxguardSettings) 
     metadata: dict[str, object] = {"psi": dg.MetadataValue.json([r.as_dict() for r in results])}
     if reports:
         metadata["drift_chart"] = png_markdown("feature drift", drift_chart(reports))
+    for result in results:
+        context.add_asset_metadata(drift_day_metadata(result), partition_key=result.day.isoformat())
     last = results[-1]
     if not isinstance(last, DriftReport):
         context.log.info(last.description)
-        return dg.MaterializeResult(
-            metadata={**metadata, **last.as_dict()}, check_results=[skipped_check(DRIFT_CHECK, last)]
-        )
+        return dg.MaterializeResult(metadata=metadata, check_results=[skipped_check(DRIFT_CHECK, last)])
     context.log.info(f"{last.day}: worst PSI {last.worst[1]:.3f} ({last.worst[0]}), {last.level}")
-    return dg.MaterializeResult(
-        metadata={
-            **metadata,
-            "max_psi": last.worst[1],
-            "worst_feature": last.worst[0],
-            "reference_model_version": last.model_version,
-        },
-        check_results=[drift_check(last)],
-    )
+    return dg.MaterializeResult(metadata=metadata, check_results=[drift_check(last)])
+
+
+def drift_day_metadata(result: "DriftReport | Skipped") -> dict[str, object]:
+    """One day's own verdict on that day's materialization, so the UI plots one PSI point per day; the
+    run's ``psi`` list and chart cover every day of the run."""
+    from jobs.monitoring.monitors import DriftReport
+
+    if not isinstance(result, DriftReport):
+        return result.as_dict()
+    name, value = result.worst
+    return {
+        "max_psi": value,
+        "worst_feature": name,
+        "level": result.level,
+        "rows": result.rows,
+        "reference_model_version": result.model_version,
+    }
 
 
 def performance_check(report: "PerformanceReport") -> dg.AssetCheckResult:
@@ -218,22 +227,29 @@ _LABELS = dg.TimeWindowPartitionMapping(
 )
 def model_performance(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     """AUC, AP and CP@100 of what was scored, on the days whose labels have matured by the partition day;
-    skipped during the warm-up and while a report day that labels them is missing."""
+    skipped during the warm-up and while a report day that labels them is missing.
+
+    A range run judges its last day only (the newest labels judge the newest window); that day's
+    materialization carries the numbers, the earlier days' say which day was judged (``judged_on``) rather
+    than repeat numbers that are not theirs."""
     from jobs.governance.audit import monitoring_results, record_monitoring
     from jobs.monitoring.monitors import Skipped, measure_performance, trend_chart
 
     loaded = settings.load()
-    report = measure_performance(loaded, parse_day(context.partition_keys[-1]))
+    last_key = context.partition_keys[-1]
+    report = measure_performance(loaded, parse_day(last_key))
     entries = monitoring_results("model_performance", PERFORMANCE_CHECK.name, [report], context.run_id)
     record_monitoring(loaded, entries, context.run_id)
+    for key in context.partition_keys[:-1]:
+        context.add_asset_metadata({"judged_on": last_key}, partition_key=key)
     if isinstance(report, Skipped):
         context.log.info(report.description)
-        return dg.MaterializeResult(
-            metadata=report.as_dict(), check_results=[skipped_check(PERFORMANCE_CHECK, report)]
-        )
+        context.add_asset_metadata(report.as_dict(), partition_key=last_key)
+        return dg.MaterializeResult(check_results=[skipped_check(PERFORMANCE_CHECK, report)])
     context.log.info(report.summary())
-    return dg.MaterializeResult(
-        metadata={
+    context.add_asset_metadata(
+        {
+            "judged_on": last_key,
             "judged_window": f"{report.window_start}..{report.window_end}",
             "rows": report.rows,
             "frauds": report.frauds,
@@ -242,8 +258,9 @@ def model_performance(context: dg.AssetExecutionContext, settings: TxguardSettin
             "daily": dg.MetadataValue.json([d.as_dict() for d in report.daily]),
             "trend_chart": png_markdown("performance trend", trend_chart(report)),
         },
-        check_results=[performance_check(report)],
+        partition_key=last_key,
     )
+    return dg.MaterializeResult(check_results=[performance_check(report)])
 
 
 # --- retraining ----------------------------------------------------------------------------------------

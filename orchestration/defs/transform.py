@@ -10,19 +10,26 @@ snapshot is published after each successful write.
 
 The dbt manifest is made at prepare time (``dagster-dbt project prepare-and-package --file`` on this
 module); a load only parses when the manifest is missing or older than the project, under ``dagster dev``
-too.
+too. A step's dbt parses only once per code version and home: the run's window reaches dbt through the
+environment, so every step runs the same command line and starts from the parse the first one saved
+(``parse_cache``). The models are incremental by day, so a step never rebuilds history.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster_dbt import (
+    DagsterDbtCliRuntimeError,
     DagsterDbtTranslator,
     DagsterDbtTranslatorSettings,
     DbtCliResource,
@@ -30,10 +37,17 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from jobs.platform.layout import parse_day
 from jobs.platform.settings import REPO_ROOT, Settings
-from jobs.platform.warehouse import publish_snapshot
-from jobs.transform.dbt_windows import PartitionWindow, dbt_build_args, dbt_environment, window_from_keys
-from orchestration.defs.conventions import DATA_PLATFORM
+from jobs.platform.warehouse import connect, publish_snapshot, rows_per_day, table_rows
+from jobs.transform.dbt_windows import (
+    PartitionWindow,
+    dbt_environment,
+    dbt_target,
+    dbt_vars,
+    window_from_keys,
+)
+from orchestration.defs.conventions import DATA_PLATFORM, ROW_COUNT
 from orchestration.partitions import (
     WAREHOUSE_POOL,
     daily_partitions,
@@ -60,6 +74,8 @@ SUITE_ASSETS = {
     "fraud_reports": dg.AssetKey("stg_landing__fraud_reports"),
 }
 GX_CHECK_NAME = "gx_suite"
+DAY_COLUMN = "partition_column"
+"""The model config naming a model's day column: its incremental window and its per-day row counts."""
 
 
 @contextmanager
@@ -149,18 +165,119 @@ def run_window(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext
     return window_from_keys(keys.start, keys.end)
 
 
+@cache
+def model_tables() -> dict[dg.AssetKey, tuple[str, str | None]]:
+    """Each model's asset key → its relation (``schema.alias``) and its day column (the incremental
+    ``partition_column``; none for a table that is not by day), read once from the prepared manifest."""
+    manifest = json.loads(dbt_project.manifest_path.read_text())
+    return {
+        dg.AssetKey(node["name"]): (f"{node['schema']}.{node['alias']}", node["config"].get(DAY_COLUMN))
+        for node in manifest["nodes"].values()
+        if node["resource_type"] == "model"
+    }
+
+
+def with_day_row_counts(
+    context: dg.AssetExecutionContext, events: Sequence[Any], warehouse: Path
+) -> Iterator[Any]:
+    """The build's events, each model's materializations carrying their own day's ``dagster/row_count``.
+
+    dagster-dbt would count the whole relation, the same number on every day of a range. A model by day
+    records the rows of each day (partition-scoped metadata, set before its output is yielded); a table that
+    is not by day (a dimension) records its whole row count, which is what each day's build left.
+    """
+    days = [parse_day(key) for key in context.partition_keys]
+    outputs = [event for event in events if isinstance(event, dg.Output)]
+    whole_table: dict[int, int] = {}
+    if outputs:
+        with connect(warehouse, read_only=True) as connection:
+            for event in outputs:
+                key = context.asset_key_for_output(event.output_name)
+                relation, day_column = model_tables()[key]
+                if day_column is None:
+                    whole_table[id(event)] = table_rows(connection, relation)
+                    continue
+                for day, rows in rows_per_day(connection, relation, day_column, days).items():
+                    context.add_asset_metadata({ROW_COUNT: rows}, asset_key=key, partition_key=str(day))
+    for event in events:
+        if id(event) in whole_table:
+            event = event.with_metadata({**event.metadata, ROW_COUNT: whole_table[id(event)]})
+        yield event
+
+
+def window_environment(window: PartitionWindow, settings: Settings) -> dict[str, str]:
+    """What a step's dbt reads from the environment: the warehouse, and the window, lake and target that a
+    command line would give as ``--vars`` and ``--target``. The command line is then ``dbt build`` on every
+    run, so a step can start from the parse an earlier step saved (``parse_cache``) instead of re-parsing
+    the project, which dbt does whenever ``--vars`` change (see macros/partition_window.sql)."""
+    window_vars = {f"DBT_{name.upper()}": value for name, value in dbt_vars(window, settings.lake).items()}
+    return {
+        **dbt_environment(settings.warehouse_path, settings.s3_endpoint_url),
+        **window_vars,
+        "DBT_TARGET_NAME": dbt_target(settings.lake),
+    }
+
+
+PARSE_FILE = "partial_parse.msgpack"
+
+
+def parse_cache(settings: Settings) -> Path:
+    """Where this home keeps dbt's parse for this code version, warehouse and target.
+
+    dbt re-parses the whole project (seconds) unless the saved parse was made with the same command-line
+    vars, target and profile, the warehouse path included; the manifest prepared at install time was made
+    with none of this home's, so the first step of a code version parses once and saves its parse here, and
+    every later step starts from it. dbt still checks the saved parse itself, so a stale one only costs a
+    parse.
+    """
+    prepared = dbt_project.manifest_path.with_name(PARSE_FILE)
+    digest = hashlib.sha256(prepared.read_bytes() if prepared.exists() else b"")
+    digest.update(f"\0{settings.warehouse_path.absolute()}\0{dbt_target(settings.lake)}".encode())
+    return settings.home / "dbt" / "parse" / digest.hexdigest()[:16] / PARSE_FILE
+
+
+def keep_parse(step_target: Path, cache: Path) -> None:
+    """Save the step's parse for the next steps (atomically), dropping those of older code versions."""
+    parsed = step_target / PARSE_FILE
+    if cache.exists() or not parsed.exists():
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = cache.with_name(f".{uuid.uuid4().hex}.tmp")
+    shutil.copyfile(parsed, staging)
+    os.replace(staging, cache)
+    for older in cache.parent.parent.iterdir():
+        if older != cache.parent:
+            shutil.rmtree(older, ignore_errors=True)
+
+
 def build_window(context: dg.AssetExecutionContext, dbt: DbtCliResource, settings: Settings) -> Iterator[Any]:
-    """``dbt build`` of the selected models for the run's window, then publish the analysts' snapshot."""
+    """``dbt build`` of the selected models for the run's window, then publish the analysts' snapshot.
+
+    The events are held until dbt exits, so the day counts read the warehouse once dbt has released it; a
+    failed build still reports what it built before the failure, then fails the step.
+    """
     window = run_window(context)
     target = settings.home / "dbt" / f"{context.op_execution_context.op.name}-{context.run.run_id}"
     settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    cache = parse_cache(settings)
+    if cache.exists():  # dagster-dbt copies the prepared parse only into a target that has none
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cache, target / PARSE_FILE)
+    events: list[Any] = []
+    failure: DagsterDbtCliRuntimeError | None = None
     cwd = os.getcwd()
     try:
-        with _environment(dbt_environment(settings.warehouse_path, settings.s3_endpoint_url)):
-            invocation = dbt.cli(dbt_build_args(window, settings.lake), context=context, target_path=target)
-            yield from invocation.stream().fetch_row_counts().fetch_column_metadata(with_column_lineage=False)
+        with _environment(window_environment(window, settings)):
+            invocation = dbt.cli(["build"], context=context, target_path=target)
+            events.extend(invocation.stream().fetch_column_metadata(with_column_lineage=False))
+    except DagsterDbtCliRuntimeError as error:
+        failure = error
     finally:
         os.chdir(cwd)  # dagster-dbt's metadata threads chdir into the project concurrently and may stay there
+    keep_parse(target, cache)
+    yield from with_day_row_counts(context, events, settings.warehouse_path)
+    if failure is not None:
+        raise failure
     shutil.rmtree(target, ignore_errors=True)  # a failed build keeps its dbt.log and compiled SQL
     publish_snapshot(settings.warehouse_path, settings.snapshot_path)
     context.log.info(f"dbt built {window}; snapshot published at {settings.snapshot_path}")

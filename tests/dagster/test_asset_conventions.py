@@ -306,3 +306,25 @@ def test_a_day_that_lost_rows_fails_the_blocking_check_and_keeps_the_snapshot(
     assert len(read_scores(env.warehouse_path)) == published - 1
     with connect(env.snapshot_path, read_only=True) as snapshot:
         assert snapshot.execute(f"select count(*) from {SCORES_TABLE}").fetchone()[0] == published
+
+
+# --- per-day metadata of the monitors ----------------------------------------------------------------------
+
+
+def test_each_drift_day_carries_its_own_verdict() -> None:
+    """Two days of one run: each materialization gets its day's worst PSI, not the run's last day's."""
+    from jobs.monitoring.monitors import DriftReport, Skipped
+    from orchestration.defs.monitoring import drift_day_metadata
+
+    calm = DriftReport(dt.date(2018, 5, 1), 2, 900, {"tx_amount": 0.02, "score": 0.05})
+    drifted = DriftReport(dt.date(2018, 5, 2), 2, 950, {"tx_amount": 0.31, "score": 0.08})
+    assert drift_day_metadata(calm) == {
+        "max_psi": 0.05,
+        "worst_feature": "score",
+        "level": "ok",
+        "rows": 900,
+        "reference_model_version": 2,
+    }
+    assert (drift_day_metadata(drifted)["max_psi"], drift_day_metadata(drifted)["level"]) == (0.31, "error")
+    warm_up = Skipped(dt.date(2018, 4, 3), "warm-up")
+    assert drift_day_metadata(warm_up) == {"day": "2018-04-03", "skipped": "warm-up"}

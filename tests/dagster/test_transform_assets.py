@@ -6,6 +6,7 @@ error-severity dbt test or a GX suite, must keep it (and the marts) from running
 
 import itertools
 import os
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS
 from jobs.platform.settings import load_settings
 from jobs.platform.warehouse import connect
+from jobs.transform.dbt_windows import window_from_keys
 from orchestration.defs import transform
 from orchestration.instance import prepare_dagster_home
 from orchestration.partitions import WAREHOUSE_POOL, daily_partitions, single_run_backfill
@@ -135,7 +137,7 @@ def test_a_window_builds_every_model_with_checks_metadata_and_a_snapshot(txguard
         for event in result.get_asset_materialization_events()
         if event.event_specific_data.materialization.asset_key == dg.AssetKey("stg_landing__transactions")
     )
-    assert staged.metadata["dagster/row_count"].value == 40
+    assert staged.metadata["dagster/row_count"].value == 20  # the day's rows, not the range's 40
     assert "tx_amount" in {column.name for column in staged.metadata["dagster/column_schema"].schema.columns}
     settings = load_settings()
     with connect(settings.snapshot_path, read_only=True) as snapshot:
@@ -218,3 +220,58 @@ def test_a_multiprocess_backfill_under_the_pool_never_meets_a_lock(txguard_home:
     assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(pooled))
     with connect(load_settings().warehouse_path, read_only=True) as connection:
         assert connection.execute("select count(*) from marts.fct_transactions").fetchone() == (60,)
+
+
+def test_each_day_of_a_range_records_its_own_row_counts(dagster_instance: dg.DagsterInstance) -> None:
+    """Two days with different counts leave two different points per model in the instance, not the
+    range's total twice; a dimension (not by day) records its whole table."""
+    first = write_day("2018-04-01", count=20)
+    write_day("2018-04-02", count=35, reported=[first[0]["transaction_id"], first[1]["transaction_id"]])
+    result = materialize(
+        ASSETS,
+        resources=DBT_RESOURCE,
+        tags=partition_range_tags("2018-04-01", "2018-04-02"),
+        instance=dagster_instance,
+    )
+    assert result.success
+
+    def day_counts(asset: str) -> dict[str, int]:
+        records = dagster_instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
+        return {r.partition_key: r.asset_materialization.metadata["dagster/row_count"].value for r in records}
+
+    assert day_counts("stg_landing__transactions") == {"2018-04-01": 20, "2018-04-02": 35}
+    assert day_counts("stg_landing__fraud_reports") == {"2018-04-01": 0, "2018-04-02": 2}
+    assert day_counts("int_transactions_labelled") == {"2018-04-01": 20, "2018-04-02": 35}
+    assert day_counts("fct_transactions") == {"2018-04-01": 20, "2018-04-02": 35}
+    assert day_counts("rpt_daily_fraud_summary") == {"2018-04-01": 1, "2018-04-02": 1}
+    assert day_counts("dim_customers") == {"2018-04-01": 5, "2018-04-02": 5}
+
+
+def test_a_step_reuses_the_parse_of_this_code_version(txguard_home: Path) -> None:
+    """The first dbt step saves its parse; a later step's dbt, with another window, starts from it and parses
+    nothing (dbt would re-parse the whole project if its command line or profile differed)."""
+    write_day("2018-04-01")
+    write_day("2018-04-02", count=7)
+    assert materialize([transform.dbt_staging], resources=DBT_RESOURCE, partition_key="2018-04-01").success
+    settings = load_settings()
+    cache = transform.parse_cache(settings)
+    assert cache.is_file()
+    target = txguard_home / "next-step"
+    target.mkdir()
+    (target / transform.PARSE_FILE).write_bytes(cache.read_bytes())
+    window = window_from_keys("2018-04-02", "2018-04-02")
+    step = subprocess.run(
+        [transform.DBT_EXECUTABLE, "--debug", "build", "--select", transform.STAGING_SELECTION],
+        cwd=transform.DBT_PROJECT_DIR,
+        env={**os.environ, **transform.window_environment(window, settings), "DBT_TARGET_PATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert step.returncode == 0, step.stdout[-4000:]
+    assert "Partial parsing enabled, no changes found, skipping parsing" in step.stdout
+    with connect(settings.warehouse_path, read_only=True) as connection:
+        counts = connection.execute(
+            "select tx_date, count(*) from staging.stg_landing__transactions group by 1 order by 1"
+        ).fetchall()
+    assert [count for _, count in counts] == [20, 7]

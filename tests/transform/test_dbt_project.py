@@ -1,8 +1,8 @@
 """The dbt project on a real DuckDB file, built by the dbt CLI from lake partitions written here.
 
 One module-scoped warehouse goes through the life of a partition, in file order: first build, a re-delivered
-day, a failed write, a failing test, a hostile var. Plus the pure partition-window → dbt-vars mapping
-(jobs/transform/dbt_windows.py).
+day, a failed write, a late report (the reporting-delay window), a failing test, a hostile var. Plus the
+pure partition-window → dbt-vars mapping (jobs/transform/dbt_windows.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from jobs.platform.layout import RAW_FRAUD_REPORTS, RAW_TRANSACTIONS
 from jobs.platform.settings import REPO_ROOT
 from jobs.platform.warehouse import connect
+from jobs.training.maturity import LABEL_DELAY_DAYS
 from jobs.transform.dbt_windows import (
     PartitionWindow,
     dbt_build_args,
@@ -220,6 +221,43 @@ def test_a_failed_write_leaves_the_previous_partition_intact(built: Warehouse) -
     assert result.returncode != 0
     assert "NOT NULL constraint failed" in result.stdout
     assert built.rows("select * from staging.stg_landing__transactions order by transaction_id") == before
+
+
+def test_a_daily_build_rebuilds_its_day_and_the_reporting_delay_never_older_history(built: Warehouse) -> None:
+    """A report on 04-09 relabels a transaction of 04-03 (6 days back, inside the 7-day reporting delay);
+    one for a transaction of 04-01 (8 days back) does not reach the marts: that day is final and not rebuilt
+    (the models' documented window)."""
+    final_day = (
+        "select * from marts.fct_transactions where tx_date = date '2018-04-01' order by transaction_id"
+    )
+    before = built.rows(final_day)
+    write_raw_partition(built.lake, RAW_FRAUD_REPORTS, "2018-04-09", report_rows("2018-04-09", [1005, 3004]))
+    result = built.dbt(
+        "build",
+        "--select",
+        "stg_landing__fraud_reports+",
+        *WITHOUT_SCORING_MARTS,
+        first="2018-04-09",
+        last="2018-04-09",
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert built.rows(final_day) == before
+    assert built.rows("select transaction_id from marts.fct_transactions where is_fraud order by 1") == [
+        (1003,),
+        (2001,),
+        (3004,),
+    ]
+    assert built.rows(
+        "select sum(fraud_tx_count) from marts.dim_customers union all "
+        "select fraud_tx_count from marts.rpt_daily_fraud_summary where tx_date = date '2018-04-03'"
+    ) == [(3,), (1,)]
+
+
+def test_the_relabelled_window_is_the_label_delay() -> None:
+    import yaml
+
+    project = yaml.safe_load((PROJECT / "dbt_project.yml").read_text())
+    assert project["vars"]["label_delay_days"] == LABEL_DELAY_DAYS
 
 
 def test_a_failing_error_test_reports_its_failing_rows(built: Warehouse) -> None:

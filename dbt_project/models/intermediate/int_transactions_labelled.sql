@@ -1,14 +1,26 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='partition_window',
+        partition_column='tx_date',
+        lookback_days=var('label_delay_days'),
+        on_schema_change='fail',
+    )
+}}
 {%- set cutoff = label_cutoff() -%}
 
 with transactions as (
 
     select * from {{ ref('stg_landing__transactions') }}
+    where tx_date >= {{ window_start(var('label_delay_days')) }} and tx_date < {{ window_end() }}
 
 ),
 
 fraud_reports as (
 
     select * from {{ ref('stg_landing__fraud_reports') }}
+    -- a report never precedes its transaction (ingestion quarantines it), so none older than the window
+    where report_date >= {{ window_start(var('label_delay_days')) }}
 
 ),
 

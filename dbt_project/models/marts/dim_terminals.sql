@@ -1,6 +1,21 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='terminal_id',
+    )
+}}
+
 with transactions as (
 
     select * from {{ ref('fct_transactions') }}
+    {%- if is_incremental() %}
+    -- only the terminals whose rows the window (labels included) can have changed, over their whole history
+    where terminal_id in (
+        select terminal_id from {{ ref('fct_transactions') }}
+        where tx_date >= {{ window_start(var('label_delay_days')) }} and tx_date < {{ window_end() }}
+    )
+    {%- endif %}
 
 ),
 

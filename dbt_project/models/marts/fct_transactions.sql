@@ -1,6 +1,17 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='partition_window',
+        partition_column='tx_date',
+        lookback_days=var('label_delay_days'),
+        on_schema_change='fail',
+    )
+}}
+
 with labelled as (
 
     select * from {{ ref('int_transactions_labelled') }}
+    where tx_date >= {{ window_start(var('label_delay_days')) }} and tx_date < {{ window_end() }}
 
 ),
 

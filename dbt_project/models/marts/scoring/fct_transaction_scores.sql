@@ -1,12 +1,24 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='partition_window',
+        partition_column='tx_date',
+        lookback_days=var('label_delay_days'),
+        on_schema_change='fail',
+    )
+}}
+
 with scores as (
 
     select * from {{ source('scoring', 'transaction_scores') }}
+    where day >= {{ window_start(var('label_delay_days')) }} and day < {{ window_end() }}
 
 ),
 
 fraud_reports as (
 
     select * from {{ ref('stg_landing__fraud_reports') }}
+    where report_date >= {{ window_start(var('label_delay_days')) }}
 
 ),
 
