@@ -1,6 +1,10 @@
 """The one daily partitioning every dated asset shares (a business day of the card processor, in UTC), and
 how often the automation around it looks for work.
 
+The partitions run from the data home's first day (jobs/platform/days.py: the day ``txguard demo`` recorded,
+else 2018-04-01) to yesterday: a day's file lands once the day is over, so today has no partition yet and a
+demo simulated up to yesterday fills every one.
+
 ``TXGUARD_SENSOR_INTERVAL_SECONDS`` and ``TXGUARD_SCORING_CRON`` are read when the code location loads, so a
 test or a demo can make sensors and the scoring schedule tick quickly; unset, each keeps its own default.
 Reading them loads every setting, so an invalid ``TXGUARD_*`` value stops the code location from loading with
@@ -9,10 +13,15 @@ one line that names it.
 
 import dagster as dg
 
-from jobs.platform.days import PARTITION_START
+from jobs.platform.days import first_day
 from jobs.platform.settings import load_settings
 
-daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITION_START, timezone="UTC", end_offset=1)
+FIRST_DAY = first_day(load_settings().home)
+"""The first partition, read once as the code location loads."""
+
+daily_partitions = dg.DailyPartitionsDefinition(
+    start_date=FIRST_DAY.isoformat(), timezone="UTC", end_offset=0
+)
 
 single_run_backfill = dg.BackfillPolicy.single_run()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ["TXGUARD_HOME"] = str(Path(tempfile.gettempdir()) / f"txguard-tests-{os.getpid()}")
+"""Modules read the settings as they are imported (the partitions start on the data home's first day): the
+checkout's own .txguard, once ``make demo`` recorded its first day there, must not move the tests' partitions.
+Each test then gets a home of its own (``txguard_home``, ``module_home``)."""
 
 
 def _use_home(home: Path, patch: pytest.MonkeyPatch) -> Path:

@@ -159,6 +159,19 @@ def list_landing(landing: str, sources: Iterable[str] = LANDING_SOURCES) -> list
     return files
 
 
+def fingerprints_by_day(landing: str, source: str, days: Iterable[dt.date]) -> dict[dt.date, list[str]]:
+    """The fingerprint of every entry named for one of ``days`` of ``source``, from one listing, as the
+    landing sensor computes it: recorded with a day's partition, it tells the sensor which versions the day
+    was built from, however its run was started."""
+    wanted = {day.isoformat() for day in days}
+    found: dict[dt.date, list[str]] = {}
+    for file in list_landing(landing, [source]):
+        match = _NAME.fullmatch(file.name)
+        if match is not None and match.group(1) in wanted:
+            found.setdefault(dt.date.fromisoformat(match.group(1)), []).append(file.fingerprint)
+    return found
+
+
 def _version(info: dict) -> str:
     etag = info.get("ETag") or info.get("etag")
     if etag:

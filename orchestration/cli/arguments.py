@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from jobs.platform.days import FIRST_DAY, last_day
+from jobs.platform.days import FIRST_DAY, first_day, last_day
 
 
 class Refusal(click.BadParameter):
@@ -29,7 +29,7 @@ def refuse(message: str, *options: str) -> Refusal:
 
 
 class PartitionDay(click.ParamType):
-    """A business day that has a partition: a real YYYY-MM-DD date from the first partition to today."""
+    """A business day that has a partition: a real YYYY-MM-DD date from the first partition to yesterday."""
 
     name = "YYYY-MM-DD"
 
@@ -49,7 +49,7 @@ class PartitionDay(click.ParamType):
         last = last_day()
         if day > last:
             raise refuse(
-                f"{day} is in the future; the last partition is today, {last} (UTC): use it or an earlier "
+                f"{day} has no partition yet; the last one is yesterday, {last} (UTC): use it or an earlier "
                 "day",
                 option,
             )
@@ -60,9 +60,15 @@ PARTITION_DAY = PartitionDay()
 
 
 def checked_range(start: dt.date, end: dt.date) -> list[dt.date]:
-    """Every day from ``start`` to ``end``, both included; a reversed range is refused naming ``--to``."""
+    """Every day from ``start`` to ``end``, both included; a reversed range is refused naming ``--to``, and a
+    start before the data home's first partition (a home ``txguard demo`` made) naming ``--from``."""
     if end < start:
         raise refuse(f"{end} is before --from {start}; swap the two days", "--to")
+    from jobs.platform.settings import load_settings
+
+    first = first_day(load_settings().home)
+    if start < first:
+        raise refuse(f"{start} is before the data home's first partition; use {first} or later", "--from")
     return [start + dt.timedelta(days=k) for k in range((end - start).days + 1)]
 
 

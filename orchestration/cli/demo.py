@@ -1,4 +1,8 @@
-"""``txguard demo``: simulate a landing zone, run the whole chain on it, and say where to look."""
+"""``txguard demo``: simulate a landing zone, run the whole chain on it, and say where to look.
+
+The demo simulates the days up to yesterday, the newest partition, and makes its first day the data home's
+first partition (jobs/platform/days.py), so the UI's daily partitions are the demo's days, all filled.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,68 @@ from pathlib import Path
 
 import click
 
+from orchestration.cli.arguments import PARTITION_DAY, refuse
 from orchestration.cli.pipeline import prepared_settings, run_range_or_exit
 
 DEMO_CUSTOMERS = 1_000
 DEMO_TERMINALS = 2_000
 DEMO_DAYS = 75
-DEMO_START = dt.date(2018, 4, 1)
+
+
+def demo_window(days: int, last: dt.date) -> tuple[dt.date, dt.date]:
+    """The first and last of ``days`` days that end on ``last``."""
+    return last - dt.timedelta(days=days - 1), last
+
+
+def landed_days(landing: str) -> list[dt.date]:
+    """The days that have a transactions file in the landing zone, in order."""
+    from jobs.ingest.landing import BadLandingName, list_landing, parse_landing_name
+
+    landed = set()
+    for file in list_landing(landing, ["transactions"]):
+        try:
+            landed.add(parse_landing_name(file.name))
+        except BadLandingName:
+            continue
+    return sorted(landed)
 
 
 @click.command()
 @click.option("--customers", default=DEMO_CUSTOMERS, show_default=True, type=click.IntRange(min=10))
 @click.option("--terminals", default=DEMO_TERMINALS, show_default=True, type=click.IntRange(min=10))
 @click.option("--days", default=DEMO_DAYS, show_default=True, type=click.IntRange(min=45))
+@click.option(
+    "--to", "last", default=None, type=PARTITION_DAY, help="last simulated day  [default: yesterday (UTC)]"
+)
 @click.option("--seed", default=7, show_default=True, type=int)
-def demo(customers: int, terminals: int, days: int, seed: int) -> None:
-    """Simulate data into the landing zone (unless it has files), run every asset on it, point at results."""
-    from jobs.platform.storage import filesystem, join
+def demo(customers: int, terminals: int, days: int, last: dt.date | None, seed: int) -> None:
+    """Simulate the days up to yesterday into the landing zone (unless it has files), run every asset on them,
+    and point at the results."""
+    from jobs.platform.days import FIRST_DAY, last_day, record_first_day
+    from jobs.platform.settings import load_settings
     from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
 
-    settings = prepared_settings()
     started = time.perf_counter()
-    last_day = DEMO_START + dt.timedelta(days=days - 1)
-    fs, transactions_dir = filesystem(join(settings.landing, "transactions"))
-    if fs.exists(transactions_dir) and fs.ls(transactions_dir):
-        click.echo(f"landing zone {settings.landing} already has files: using them")
+    configured = load_settings()
+    landed = landed_days(configured.landing)
+    if landed:
+        first, last = landed[0], landed[-1]
+        click.echo(f"landing zone {configured.landing} already has files for {first}..{last}: using them")
     else:
-        config = SimulationConfig(
-            customers=customers, terminals=terminals, days=days, start=DEMO_START, seed=seed
-        )
+        first, last = demo_window(days, last or last_day())
+        if first < FIRST_DAY:
+            raise refuse(f"{days} days up to {last} start before {FIRST_DAY}, the first partition", "--days")
+        # before the Dagster home is prepared: that loads the partitions, which start on the recorded day
+        record_first_day(configured.home, first)
+    settings = prepared_settings()
+    if not landed:
+        config = SimulationConfig(customers=customers, terminals=terminals, days=days, start=first, seed=seed)
         summary = write_landing(simulate(config), settings.landing, "csv")
         click.echo(
-            f"simulated {summary.transactions:,} transactions ({summary.fraud_rate:.2%} fraud) "
-            f"into {settings.landing} as {summary.files_written} CSV files"
+            f"simulated {summary.transactions:,} transactions {first}..{last} "
+            f"({summary.fraud_rate:.2%} fraud) into {settings.landing} as {summary.files_written} CSV files"
         )
-    run_range_or_exit(DEMO_START, last_day)
+    run_range_or_exit(first, last)
     click.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s.")
     example = top_alert_query(settings.snapshot_path)
     click.echo("\nWhere to look:")

@@ -3,9 +3,11 @@
 The assets are thin: a day's ingestion lives in jobs/ingest/day.py (reading, typing, the contract and the
 lake's cross-file index in their own modules next to it), listing and naming in jobs/ingest/landing.py, and
 the misnamed-file quarantine in jobs/ingest/misnamed.py. The landing sensor turns each new or changed file
-into one run for its day; from there the ``automation_sensor`` evaluates the declarative automation of
-everything downstream (dbt, checks, features, monitoring), so a landed day flows through the chain without
-anyone starting a job.
+into one run for its day, unless the day's latest materialization was built from that very version of the
+file (its ``landing_files`` metadata), so a day ingested by ``txguard run``, a backfill or the launchpad is
+not ingested again when the daemon starts. From there the ``automation_sensor`` evaluates the declarative
+automation of everything downstream (dbt, checks, features, monitoring), so a landed day flows through the
+chain without anyone starting a job.
 
 Fraud reports do not depend on transactions in the asset graph: a day whose transactions file is missing or
 broken fails ``raw_transactions`` (and blocks what is built on it), while that day's reports are still
@@ -20,11 +22,11 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from jobs.ingest.landing import list_landing, misnamed_files, plan_landing
+from jobs.ingest.landing import LandingFile, fingerprints_by_day, list_landing, misnamed_files, plan_landing
 from jobs.platform.layout import dataset_uri, parse_day
 from orchestration.defs.conventions import DATA_PLATFORM, source_version, table_metadata, table_schema
 from orchestration.partitions import (
-    PARTITION_START,
+    FIRST_DAY,
     daily_partitions,
     sensor_interval,
     single_run_backfill,
@@ -35,9 +37,10 @@ if TYPE_CHECKING:
     from jobs.ingest.day import DayResult
 
 CHECK_NAME = "rejected_share_below_threshold"
+LANDING_FILES = "landing_files"
+"""Materialization metadata: the fingerprints (path:size:etag-or-mtime) of the files a day was built from."""
 LANDING_POOL = "landing"
 """Both ingest steps: one at a time, transactions first (``dagster/priority``), reports after."""
-FIRST_DAY = dt.date.fromisoformat(PARTITION_START)
 CODE_VERSION = source_version("jobs.ingest")
 ASSET_FOR_SOURCE = {
     "transactions": dg.AssetKey("raw_transactions"),
@@ -86,13 +89,19 @@ def _ingest(
 
     config = settings.load()
     days = [parse_day(key) for key in context.partition_keys]
+    # listed before reading: a file replaced meanwhile is recorded as the older version, and ingested again
+    built_from = fingerprints_by_day(config.landing, source, days)
     results = ingest_days(config.landing, config.lake, source, days, run_id=context.run_id)
     spec = SOURCES[source]
     table, schema = dataset_uri(config.lake, spec.dataset), table_schema(spec.lake_schema)
     for result in results:
         summary = result.summary()
         context.add_asset_metadata(
-            {**summary, **table_metadata(table, result.accepted.num_rows, schema)},
+            {
+                **summary,
+                **table_metadata(table, result.accepted.num_rows, schema),
+                LANDING_FILES: built_from.get(result.day, []),
+            },
             partition_key=result.day.isoformat(),
         )
         context.log.info(f"{source} {result.day}: {summary}")
@@ -171,13 +180,38 @@ def landing_file_rejects(
     )
 
 
+def already_built(instance: dg.DagsterInstance, candidates: list[tuple[LandingFile, dt.date]]) -> set[str]:
+    """The candidates' fingerprints that the latest materialization of their day already recorded as its
+    ``landing_files``: two queries per source, whatever started the runs that made them."""
+    built: set[str] = set()
+    for source, asset in ASSET_FOR_SOURCE.items():
+        days = {day.isoformat() for file, day in candidates if file.source == source}
+        if not days:
+            continue
+        latest = instance.get_latest_storage_id_by_partition(
+            asset, dg.DagsterEventType.ASSET_MATERIALIZATION, days
+        )
+        if not latest:
+            continue
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset, storage_ids=list(latest.values())), limit=len(latest)
+        ).records
+        for record in records:
+            materialization = record.asset_materialization
+            recorded = materialization.metadata.get(LANDING_FILES) if materialization else None
+            if recorded is not None:
+                built.update(recorded.value)
+    return built
+
+
 @dg.sensor(
     target=[raw_transactions, raw_fraud_reports, landing_file_rejects],
     minimum_interval_seconds=sensor_interval(30),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSettings) -> dg.SensorResult:
-    """One run per new or changed landing entry (run key = path:size:etag-or-mtime), one listing per folder.
+    """One run per new or changed landing entry (run key = path:size:etag-or-mtime), one listing per folder;
+    none for a version that its day's latest materialization was already built from.
 
     An entry named like a landing file runs for its day whatever it is: a link, folder or FIFO there becomes
     the day's whole-file quarantine (``symlink`` / ``not_a_regular_file``) and fails the day's check. Any
@@ -186,6 +220,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSetting
     landing = settings.load().landing
     last_day = parse_day(daily_partitions.get_last_partition_key())
     plan = plan_landing(list_landing(landing), context.cursor, FIRST_DAY, last_day)
+    built = already_built(context.instance, plan.ingest)
+    fresh = [(file, day) for file, day in plan.ingest if file.fingerprint not in built]
     requests = [
         dg.RunRequest(
             run_key=file.fingerprint,
@@ -193,7 +229,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSetting
             asset_selection=[ASSET_FOR_SOURCE[file.source]],
             tags={"txguard/landing_file": file.uri[-255:]},
         )
-        for file, day in plan.ingest
+        for file, day in fresh
     ]
     requests += [
         dg.RunRequest(
@@ -203,6 +239,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, settings: TxguardSetting
         )
         for file, _ in plan.rejects
     ]
+    if len(fresh) < len(plan.ingest):
+        context.log.info(f"{len(plan.ingest) - len(fresh)} file(s) already ingested in this version")
     if plan.waiting:
         context.log.info(f"{len(plan.waiting)} file(s) dated after {last_day} wait for their partition")
     if plan.uploading:

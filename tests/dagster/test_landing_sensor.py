@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,6 +162,57 @@ def test_hundreds_of_files_in_one_tick(txguard_home: Path) -> None:
     assert tick(data.cursor).run_requests == []
 
 
+def ingest_as_txguard_run(instance: dg.DagsterInstance, first: str, last: str) -> None:
+    """Ingest ``first..last`` the way ``txguard run`` does (``run_partition_range``: one in-process range run
+    recorded in ``instance``), through a job of the real ingest assets, named as the CLI's job."""
+    from orchestration.runs import PIPELINE_JOB, run_partition_range
+
+    job = dg.define_asset_job(PIPELINE_JOB, selection=[ingest.raw_transactions, ingest.raw_fraud_reports])
+    defs = dg.Definitions.merge(DEFS, dg.Definitions(jobs=[job]))
+    outcome = run_partition_range(defs, first, last, instance, notify=lambda _: None)
+    assert outcome.success, (outcome.failed_steps, outcome.failed_checks)
+
+
+def test_days_ingested_by_txguard_run_are_not_requested_again(
+    txguard_home: Path, dagster_instance: dg.DagsterInstance
+) -> None:
+    """After a headless run, a first tick (no cursor: the daemon just started) asks for nothing it ingested;
+    a file replaced since, and a day never ingested, are asked for."""
+    landing = txguard_home / "landing"
+    days = ["2018-04-01", "2018-04-02", "2018-04-03"]
+    for n, day in enumerate(days, start=1):
+        put(landing, "transactions", f"{day}.csv", HEADER + f"{n},{day}T10:00:00Z,1,2,3.00\n")
+        put(landing, "fraud_reports", f"{day}.csv", f"transaction_id,reported_at\n{n},{day}T11:00:00Z\n")
+    ingest_as_txguard_run(dagster_instance, days[0], days[-1])
+    first = tick(instance=dagster_instance)
+    assert first.run_requests == []
+    assert len(json.loads(first.cursor)) == 6
+
+    replaced = put(landing, "transactions", "2018-04-02.csv", HEADER + "2,2018-04-02T10:00:00Z,1,2,30.00\n")
+    new = put(landing, "transactions", "2018-04-04.csv", HEADER + "4,2018-04-04T10:00:00Z,1,2,3.00\n")
+    fresh = tick(instance=dagster_instance)
+    assert sorted((r.partition_key, r.run_key) for r in fresh.run_requests) == [
+        ("2018-04-02", f"{replaced}:{replaced.stat().st_size}:{replaced.stat().st_mtime:.6f}"),
+        ("2018-04-04", f"{new}:{new.stat().st_size}:{new.stat().st_mtime:.6f}"),
+    ]
+
+
+def test_a_demo_home_has_partitions_from_its_recorded_first_day_to_yesterday(txguard_home: Path) -> None:
+    """``txguard demo`` records its first day in the home; a code location loaded there (a fresh process, as
+    ``make ui`` loads it) has exactly the demo's days as partitions, so the sensor maps every demo file."""
+    from jobs.platform.days import last_day, record_first_day
+    from jobs.platform.settings import REPO_ROOT
+    from orchestration.cli.demo import DEMO_DAYS, demo_window
+
+    first, last = demo_window(DEMO_DAYS, last_day())
+    record_first_day(txguard_home, first)
+    shown = "from orchestration.partitions import daily_partitions as p; print(*p.get_partition_keys())"
+    done = subprocess.run([sys.executable, "-c", shown], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    keys = done.stdout.split()
+    assert (keys[0], keys[-1], len(keys)) == (first.isoformat(), last.isoformat(), DEMO_DAYS)
+
+
 @pytest.fixture
 def s3(moto_s3, monkeypatch: pytest.MonkeyPatch):
     """The moto S3 server with a landing bucket and a lake bucket holding txguard's landing zone and lake."""
@@ -192,6 +245,20 @@ def test_the_sensor_over_s3_uses_etags_and_sees_changes(s3) -> None:
         ("2018-04-01", str(len(body)))
     ]
     assert tick(changed.cursor).run_requests == []
+
+
+def test_s3_objects_ingested_by_txguard_run_are_requested_again_only_under_a_new_etag(
+    s3, dagster_instance: dg.DagsterInstance
+) -> None:
+    key = "zone/transactions/2018-04-01.csv"
+    s3.put_object(Bucket="landing", Key=key, Body=(HEADER + "1,2018-04-01T10:00:00Z,1,2,3.00\n").encode())
+    ingest_as_txguard_run(dagster_instance, "2018-04-01", "2018-04-01")
+    assert tick(instance=dagster_instance).run_requests == []
+    same_size = (HEADER + "1,2018-04-01T10:00:00Z,1,2,4.00\n").encode()
+    s3.put_object(Bucket="landing", Key=key, Body=same_size)
+    etag = s3.head_object(Bucket="landing", Key=key)["ETag"].strip('"')
+    (request,) = tick(instance=dagster_instance).run_requests
+    assert request.run_key == f"s3://landing/{key}:{len(same_size)}:{etag}"
 
 
 def test_hundreds_of_s3_objects_in_one_tick(s3) -> None:

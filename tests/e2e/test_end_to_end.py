@@ -13,7 +13,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from orchestration.cli.demo import DEMO_CUSTOMERS, DEMO_DAYS, DEMO_START, DEMO_TERMINALS
+from orchestration.cli.demo import DEMO_CUSTOMERS, DEMO_DAYS, DEMO_TERMINALS
+
+DEMO_START = dt.date(2018, 4, 1)
+"""The handbook's first day: the default first partition of a data home."""
 
 pytestmark = pytest.mark.slow
 
