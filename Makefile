@@ -12,7 +12,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export PYSPARK_PYTHON := $(CURDIR)/$(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install browser demo test test-fast ui ui-readonly mlflow lint format bench clean
+.PHONY: install browser demo test test-fast ui ui-readonly mlflow lint format bench bench-scale clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -62,6 +62,10 @@ format: install
 
 bench: install ## benchmarks: printed ratios against references measured in the same run
 	$(RUN)/python -m benchmarks
+
+FACTOR ?= 10
+bench-scale: install ## the pipeline at FACTOR x the handbook's volume (default 10; about an hour), against the targets
+	$(RUN)/python -m benchmarks scale --factor $(FACTOR)
 
 clean: ## remove the local data home (.txguard) and build outputs
 	rm -rf .txguard dbt_project/target dbt_project/logs

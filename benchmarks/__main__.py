@@ -1,4 +1,8 @@
-"""``python -m benchmarks [name ...]``: run the benchmarks (all by default) and print their ratios."""
+"""``python -m benchmarks [name ...]``: run the benchmarks (all by default) and print their ratios.
+
+``python -m benchmarks NAME --option ...`` passes the options to that one benchmark's ``main``. The ones
+in ``ON_REQUEST`` run for too long to be part of the default set (``make bench``) and run only when named.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import pkgutil
 import sys
 import time
 from pathlib import Path
+
+ON_REQUEST = ("scale",)
+"""``scale`` runs the whole pipeline at 10× the handbook's volume: ``make bench-scale``."""
 
 
 def available() -> list[str]:
@@ -19,15 +26,24 @@ def available() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or available()
+    first_option = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, options = argv[:first_option], argv[first_option:]
+    names = names or [name for name in available() if name not in ON_REQUEST]
     unknown = sorted(set(names) - set(available()))
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(available())}")
         return 2
+    if options and len(names) != 1:
+        print(f"options ({' '.join(options)}) go to one benchmark: name it first")
+        return 2
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
-        importlib.import_module(f"benchmarks.bench_{name}").main()
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+        if options:
+            module.main(options)
+        else:
+            module.main()
         print(f"--- {name} done in {time.perf_counter() - started:.1f} s", flush=True)
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -92,13 +92,18 @@ def run_partition_range(
     job_name: str = PIPELINE_JOB,
     log_level: str = "INFO",
     notify: Callable[[str], None] = tell,
+    leave_out: Collection[dg.AssetKey] = (),
 ) -> RangeRunOutcome:
     """Execute the job for ``[start, end]`` as one run recorded in ``instance`` (so the UI lists it).
 
-    Dead runs are reaped first (``notify`` says what was done); the run's slots are freed once it ended,
-    however it ended, since Dagster keeps the slot of a step that an interruption stopped.
+    ``leave_out`` names assets of the job not to run (training, when the run does not train): the run is
+    then the job's subset, which the UI shows as such. Dead runs are reaped first (``notify`` says what was
+    done); the run's slots are freed once it ended, however it ended, since Dagster keeps the slot of a step
+    that an interruption stopped.
     """
     job = defs.resolve_job_def(job_name)
+    selected = job.asset_layer.selected_asset_keys
+    subset = sorted(selected - set(leave_out)) if selected & set(leave_out) else None
     targets = dbt_targets(load_settings().home)
     for done in reap_dead_runs(instance, targets):
         notify(done.describe())
@@ -111,6 +116,7 @@ def run_partition_range(
                 tags={**partition_range_tags(start, end), "txguard/trigger": "cli", **owner_tags()},
                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
                 raise_on_error=False,
+                asset_selection=subset,
             )
         finally:
             free_run_slots(instance, run_id)

@@ -725,3 +725,36 @@ def build_scored_world(
     score_days(settings, days, champion, booster, run_id="run-scoring", run_created_at=created, checks=[gate])
     publish_snapshot(settings.warehouse_path, settings.snapshot_path)
     return {"champion": champion, "booster": booster, "training": run, "days": list(days)}
+
+
+CUTOFF_OFFSET_DAYS = 35
+"""The model's labels end 35 days after the lake's first day (2018-05-06, a Sunday)."""
+
+
+def score_around_cutoff(settings: Settings) -> dict[str, object]:
+    """A model whose labels end at the cutoff scores the cutoff day, the day before and the two ISO weeks
+    after it; everything is recorded as the pipeline records it and the snapshot is published."""
+    from jobs.platform.warehouse import publish_snapshot
+    from jobs.registry.client import open_client
+    from jobs.registry.decision_records import record_training
+    from jobs.registry.tracking import load_verified_booster, log_training_run
+    from jobs.scoring.batch import score_days
+    from jobs.training.trainer import assemble_training_set, feature_days, matured_window, train_model
+
+    first = feature_days(settings.lake)[0]
+    cutoff = first + dt.timedelta(days=CUTOFF_OFFSET_DAYS)
+    data = assemble_training_set(settings.lake, matured_window(cutoff, earliest_day=first))
+    open_client(settings.tracking_uri)
+    run = log_training_run(
+        data,
+        train_model(data, FAST, device="cpu"),
+        tracking_uri=settings.tracking_uri,
+        artifact_root=settings.mlflow_artifact_root,
+    )
+    record_training(settings, run, "run-training")
+    days = [cutoff + dt.timedelta(days=i) for i in range(-1, 15)]
+    booster = load_verified_booster(run.ref, tracking_uri=settings.tracking_uri)
+    created = dt.datetime(2018, 6, 1, tzinfo=dt.UTC)
+    score_days(settings, days, run.ref, booster, run_id="run-scoring", run_created_at=created)
+    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    return {"cutoff": cutoff, "start": days[0], "end": days[-1]}

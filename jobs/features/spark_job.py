@@ -34,6 +34,7 @@ import contextlib
 import datetime as dt
 import json
 import math
+import os
 import sys
 import time
 import uuid
@@ -73,6 +74,7 @@ from jobs.platform.layout import (
     dataset_uri,
     partition_uri,
 )
+from jobs.platform.spark import default_parallelism
 from jobs.platform.storage import filesystem, join, write_parquet_atomic
 
 if TYPE_CHECKING:
@@ -375,8 +377,11 @@ def shuffle_partitions_for(input_bytes: int, parallelism: int) -> int:
 
 
 def spark_uri(uri: str) -> str:
-    """The URI Spark (Hadoop) uses for a lake location: ``s3://`` is Hadoop's ``s3a://`` connector."""
-    return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
+    """The URI Spark (Hadoop) uses for a lake location: ``s3://`` is Hadoop's ``s3a://`` connector, and a
+    relative path is made absolute here (a Spark Connect server would resolve it in its own directory)."""
+    if uri.startswith("s3://"):
+        return "s3a://" + uri.removeprefix("s3://")
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
 @dataclass(frozen=True)
@@ -469,7 +474,7 @@ def build_features(spark: SparkSession, lake: str, start: dt.date, end: dt.date)
         + sum(plan.fraud_reports[d].size for d in plan.reports_to_build)
         + plan.tile_bytes
     )
-    shuffles = shuffle_partitions_for(input_bytes, spark.sparkContext.defaultParallelism)
+    shuffles = shuffle_partitions_for(input_bytes, default_parallelism(spark))
     spark.conf.set("spark.sql.shuffle.partitions", str(shuffles))
     # Sized above in whole waves over the cores; AQE's coalescing would leave a last wave with idle cores.
     spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")
@@ -596,6 +601,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--end", required=True, type=parse_day, help="last day, YYYY-MM-DD (inclusive)")
     parser.add_argument("--lake", help="lake root (default: TXGUARD_LAKE_ROOT or $TXGUARD_HOME/lake)")
     parser.add_argument("--master", help="Spark master (default: TXGUARD_SPARK_MASTER or local[*])")
+    parser.add_argument(
+        "--remote", help="Spark Connect server, sc://host:port (default: TXGUARD_SPARK_REMOTE, else none)"
+    )
+    parser.add_argument(
+        "--no-remote", action="store_true", help="ignore TXGUARD_SPARK_REMOTE: run on --master (spark-submit)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -603,6 +614,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(str(error))
     args.lake = args.lake or settings.lake
     args.master = args.master or settings.spark_master
+    args.remote = None if args.no_remote else args.remote or settings.spark_remote
     args.driver_memory = settings.spark_driver_memory
     return args
 
@@ -610,26 +622,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the feature partitions of ``--start..--end`` and report them to Dagster when it launched us."""
     from jobs.platform.processes import die_with_parent
-    from jobs.platform.spark import spark_session
+    from jobs.platform.spark import is_connect, spark_session
 
     die_with_parent()
     args = _parse_args(argv)
     with _pipes() as pipes:
         jvm_started = time.perf_counter()
-        spark = spark_session(args.master, app_name="txguard-features", driver_memory=args.driver_memory)
+        spark = spark_session(
+            args.master, app_name="txguard-features", driver_memory=args.driver_memory, remote=args.remote
+        )
         jvm_seconds = time.perf_counter() - jvm_started
+        connected = is_connect(spark)
         try:
+            master = spark.conf.get("spark.master")
             build = build_features(spark, args.lake, args.start, args.end)
         finally:
             spark.stop()
         metadata = {
             **build.metadata(),
-            "spark_master": args.master,
+            "spark_master": master,
+            "spark_connect": args.remote if connected else "",
             "session_start_seconds": round(jvm_seconds, 2),
         }
         if pipes is None:
             print(json.dumps(metadata, sort_keys=True))
         else:
+            if args.remote and not connected:
+                pipes.log.warning(f"Spark Connect server {args.remote} unreachable: ran on a local Spark")
             pipes.log.info(f"{build.rows} feature rows for {args.start}..{args.end}")
             pipes.report_asset_materialization(metadata=_pipes_metadata(metadata))
     return 0

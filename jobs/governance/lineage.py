@@ -829,6 +829,22 @@ def _gaps_sentence(gaps: Sequence[str]) -> str:
     return f" The record has {_count(len(gaps), 'gap')}, listed at the end." if gaps else ""
 
 
+def is_as_of(training: dict[str, Any] | None) -> bool:
+    """Whether the version was trained as an as-of model, to score history out of time (never champion)."""
+    return ((training or {}).get("evaluation") or {}).get("purpose") == "as_of"
+
+
+def _role_sentence(answer: dict[str, Any]) -> str:
+    """Which role the scoring model had: an as-of model, or the champion (or not) when it scored."""
+    training, version = answer["training"], answer["model"]["model_version"]
+    if is_as_of(training):
+        return (
+            f"Version {version} is an as-of model: it scores only days after its label cutoff "
+            f"{training['label_cutoff']}, so history is scored out of time, and it is never champion."
+        )
+    return _champion_sentence(answer["champion"], version)
+
+
 def _champion_sentence(champion: dict[str, Any] | None, version: str) -> str:
     if champion is None:
         return "No promotion of the model was recorded before it scored."
@@ -858,7 +874,7 @@ def _transaction_summary(answer: dict[str, Any]) -> str:
         text += f" Main reasons (value, contribution in log-odds): {listed}."
     elif reasons:
         text += f" Main reasons: {', '.join(r['feature'] for r in reasons)}."
-    text += f" {_champion_sentence(answer['champion'], model['model_version'])}"
+    text += f" {_role_sentence(answer)}"
     text += f" {_checks_sentence(answer['validation'])}"
     return text + _gaps_sentence(answer["gaps"])
 
@@ -882,7 +898,7 @@ def _partition_summary(answer: dict[str, Any]) -> str:
         text += (
             f" The day was scored {len(runs)} times; earlier scorings by {', '.join(earlier)} were replaced."
         )
-    text += f" {_champion_sentence(answer['champion'], model['model_version'])}"
+    text += f" {_role_sentence(answer)}"
     text += f" {_checks_sentence(answer['validation'])}"
     return text + _gaps_sentence(answer["gaps"])
 

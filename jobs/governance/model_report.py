@@ -266,6 +266,7 @@ def build_model_report(
                     "version": model["model_version"],
                     "status": status,
                     "decision threshold": model.get("threshold"),
+                    "alert budget": _budget(training),
                     "registered at": model.get("registered_at"),
                     "artifact SHA-256": model.get("artifact_sha256"),
                     "artifact URI": model.get("artifact_uri"),
@@ -301,6 +302,7 @@ def build_model_report(
             "5. Metrics",
             [
                 Table(("metric", "value"), sorted(flatten(training.get("metrics") or {}).items())),
+                budget_note(training),
                 figure_note,
                 *(Figure(path, path.stem.replace("_", " ")) for path in figures),
             ],
@@ -311,6 +313,20 @@ def build_model_report(
         _integrity_section(connection, lineage),
     ]
     return f"Technical documentation: {name} version {model['model_version']}", sections
+
+
+def _budget(training: dict[str, Any]) -> str:
+    return str((training.get("evaluation") or {}).get("alert_budget") or "not recorded")
+
+
+def budget_note(training: dict[str, Any]) -> str:
+    """The budgets behind card precision and the threshold, which a reader would otherwise take as one."""
+    return (
+        "Card precision@100 (card_precision_at_100) counts the frauds among the 100 cards with the highest "
+        "scores each day, the Fraud Detection Handbook's fixed budget, so that it compares with the "
+        f"published table. The decision threshold was chosen on the validation days for the alert budget "
+        f"{_budget(training)}; `txguard backtest` reports card precision with k set to that budget."
+    )
 
 
 def _params(connection: duckdb.DuckDBPyConnection, model: dict[str, Any]) -> dict[str, Any]:
@@ -570,6 +586,7 @@ def write_model_report(
     """
     lineage = model_lineage(connection, version, model_name, links=links)
     stem = f"{lineage['subject']['model_name']}-v{lineage['subject']['model_version']}".replace("/", "_")
+    out_dir = out_dir.resolve()  # the figures' links are relative to it, whatever the caller's folder
     out_dir.mkdir(parents=True, exist_ok=True)
     title, sections = build_model_report(connection, lineage, out_dir / f"{stem}-figures", tracking_uri)
     markdown = out_dir / f"{stem}.md"

@@ -24,6 +24,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.training.budget import BUDGET_FORM, DEFAULT_ALERT_BUDGET, AlertBudget, BudgetError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_HOME = REPO_ROOT / ".txguard"
 PREFIX = "TXGUARD_"
@@ -116,6 +118,17 @@ class Settings(BaseSettings):
         "local[*]", "local[*], local[N], spark://host:port, yarn or k8s://...", "Spark master URL"
     )
     training_device: TrainingDevice = _setting("auto", "auto, cpu, gpu or cuda", "where LightGBM trains")
+    alert_budget: str = _setting(
+        DEFAULT_ALERT_BUDGET,
+        BUDGET_FORM,
+        "cards investigators review a day: sets the decision threshold and the k of card precision",
+    )
+    asof_cadence_days: int = _setting(
+        7,
+        "a whole number of days ≥ 1",
+        "days between two as-of models when a run scores history out of time (7: one model a week)",
+        ge=1,
+    )
     quarantine_threshold: float = _setting(
         0.05,
         "a share between 0 and 1",
@@ -133,6 +146,12 @@ class Settings(BaseSettings):
         DEFAULT_SPARK_DRIVER_MEMORY,
         "a JVM memory size: a whole number and k, m, g or t (e.g. 4g)",
         "memory of the feature job's Spark driver",
+        scope="process",
+    )
+    spark_remote: str | None = _setting(
+        None,
+        "a Spark Connect URL, sc://host:port",
+        "a warm Spark Connect server for the feature job (txguard ui starts one); else a local JVM per job",
         scope="process",
     )
     sensor_interval_seconds: int | None = _setting(
@@ -181,6 +200,13 @@ class Settings(BaseSettings):
             raise _WrongForm
         return value
 
+    @field_validator("spark_remote")
+    @classmethod
+    def _spark_remote_form(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("sc://") and urlsplit(value).hostname):
+            raise _WrongForm
+        return value
+
     @field_validator("openlineage_url", "s3_endpoint_url")
     @classmethod
     def _url_form(cls, value: str | None) -> str | None:
@@ -209,6 +235,15 @@ class Settings(BaseSettings):
             raise _WrongForm
         return value.strip()
 
+    @field_validator("alert_budget")
+    @classmethod
+    def _budget_form(cls, value: str) -> str:
+        try:
+            AlertBudget.parse(value)
+        except BudgetError:
+            raise _WrongForm from None
+        return value.strip()
+
     @field_validator("scoring_cron")
     @classmethod
     def _cron_form(cls, value: str) -> str:
@@ -216,6 +251,11 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return " ".join(value.split())
+
+    @cached_property
+    def budget(self) -> AlertBudget:
+        """The alert budget, parsed."""
+        return AlertBudget.parse(self.alert_budget)
 
     @cached_property
     def landing(self) -> str:

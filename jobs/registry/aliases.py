@@ -7,6 +7,7 @@ reference for the whole run, so a promotion in the middle of a run cannot mix tw
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,11 @@ CHAMPION = "champion"
 TAG_SHA256 = "artifact_sha256"
 TAG_THRESHOLD = "threshold"
 TAG_FEATURE_SET = "feature_set_version"
+TAG_LABEL_CUTOFF = "label_cutoff"
+"""The last day whose fraud reports labelled the training data: the model may score only later days."""
+TAG_PURPOSE = "purpose"
+AS_OF = "as_of"
+"""``purpose`` of a version trained to score history out of time: never aliased, never champion."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,22 @@ class ModelRef:
     threshold: float
     feature_set_version: str
     model_uri: str
+    label_cutoff: dt.date | None = None
+    """None for a version whose cutoff was never recorded: it cannot be shown to score out of time."""
+    as_of: bool = False
+
+    @property
+    def trained_up_to(self) -> str:
+        """What a reader of a score needs: ``trained on data up to 2018-05-06`` (the label cutoff)."""
+        return f"trained on data up to {self.label_cutoff or 'an unrecorded day'}"
+
+
+def _label_cutoff(client: MlflowClient, version: ModelVersion) -> dt.date | None:
+    """The version's tag, else its run's ``window.label_cutoff`` (a version registered before the tag)."""
+    text = version.tags.get(TAG_LABEL_CUTOFF) or client.get_run(version.run_id).data.params.get(
+        "window.label_cutoff", ""
+    )
+    return dt.date.fromisoformat(text[:10]) if text else None
 
 
 def ref_of(client: MlflowClient, version: ModelVersion) -> ModelRef:
@@ -53,6 +75,8 @@ def ref_of(client: MlflowClient, version: ModelVersion) -> ModelRef:
         threshold=float(tags[TAG_THRESHOLD]),
         feature_set_version=tags[TAG_FEATURE_SET],
         model_uri=client.get_model_version_download_uri(version.name, version.version),
+        label_cutoff=_label_cutoff(client, version),
+        as_of=tags.get(TAG_PURPOSE) == AS_OF,
     )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from jobs.governance import audit
 from jobs.platform.settings import Settings
 from jobs.platform.warehouse import connect, publish_snapshot
+from jobs.registry.aliases import AS_OF
 
 if TYPE_CHECKING:
     from jobs.registry.promotion import RegistryRecord
@@ -43,7 +44,12 @@ def record_training(
             device=f"{run.device} ({run.device_reason})",
             dagster_run_id=dagster_run_id,
             label_cutoff=_day(window.get("label_cutoff", "")),
-            evaluation={"window": window, "threshold": ref.threshold},
+            evaluation={
+                "window": window,
+                "threshold": ref.threshold,
+                "alert_budget": run.alert_budget,
+                **({"purpose": AS_OF} if ref.as_of else {}),
+            },
         ),
         audit.ModelVersion(
             model_name=ref.name,

@@ -58,7 +58,8 @@ class ModelCard:
     holdout: HoldoutMetrics
     validation: HoldoutMetrics
     threshold: float
-    alert_budget: int
+    alert_budget: str
+    """The budget as people read it, e.g. ``1% of the day's active cards``."""
     validation_alerts_per_day: float
     device: str
     device_reason: str
@@ -91,7 +92,7 @@ def render_model_card(card: ModelCard) -> str:
         "Ranks the previous day's card transactions by fraud risk so that investigators review the riskiest "
         "cards first (batch scoring; docs/architecture.md, Stages).",
         f"Alerts are raised for scores ≥ **{card.threshold:.6f}**, chosen on the validation days to stay "
-        f"within **{card.alert_budget} cards a day** "
+        f"within **{card.alert_budget}** "
         f"(validation: {card.validation_alerts_per_day:.1f} a day).",
         "Not intended for real-time authorisation, nor for any decision about a person without human review.",
         "",

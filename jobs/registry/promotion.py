@@ -17,7 +17,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
-from jobs.registry.aliases import CHAMPION, get_version, version_with_alias
+from jobs.registry.aliases import AS_OF, CHAMPION, TAG_PURPOSE, get_version, version_with_alias
 from jobs.registry.client import MODEL_NAME, RegistryError, open_client
 
 if TYPE_CHECKING:
@@ -173,6 +173,11 @@ def promote(
     """Make ``version`` the champion, remembering the one it replaces for ``rollback``."""
     client = open_client(tracking_uri)
     target = get_version(client, name, version)
+    if target.tags.get(TAG_PURPOSE) == AS_OF:
+        raise RegistryError(
+            f"{name} version {version} is an as-of model, trained to score history out of time; it never "
+            "becomes champion: promote a version trained by fraud_model"
+        )
     current = version_with_alias(client, name, CHAMPION)
     previous = int(current.version) if current else None
     if previous == version:

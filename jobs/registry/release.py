@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from jobs.registry.aliases import CHALLENGER, CHAMPION, ModelRef, resolve_alias
@@ -46,6 +46,7 @@ def train_and_register(
         raise TrainingDataError(f"{settings.lake}: no feature partitions to train on")
     window = matured_window(days[-1], earliest_day=days[0], train_days=train_days)
     data = assemble_training_set(settings.lake, window)
+    params = replace(params or TrainingParams(), alert_budget=settings.budget)
     model = train_model(data, params, device=settings.training_device)
     return log_training_run(
         data,

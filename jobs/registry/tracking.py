@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING
 
 from jobs.features.definitions import FEATURE_COLUMNS
 from jobs.registry.aliases import (
+    AS_OF,
     CHALLENGER,
     TAG_FEATURE_SET,
+    TAG_LABEL_CUTOFF,
+    TAG_PURPOSE,
     TAG_SHA256,
     TAG_THRESHOLD,
     ModelRef,
@@ -96,6 +99,8 @@ class TrainingRun:
     window: dict[str, str]
     training_rows: int
     params: dict[str, object]
+    alert_budget: str = ""
+    """The alert budget the threshold was chosen for, as people read it."""
 
 
 @contextlib.contextmanager
@@ -266,8 +271,11 @@ def _register_version(
     data: TrainingSet,
     model: TrainedModel,
     tracking_uri: str,
+    as_of: bool,
 ) -> ModelVersion:
     tags = {
+        TAG_LABEL_CUTOFF: data.window.label_cutoff.date().isoformat(),
+        **({TAG_PURPOSE: AS_OF} if as_of else {}),
         TAG_SHA256: sha,
         TAG_THRESHOLD: repr(model.threshold),
         TAG_FEATURE_SET: data.feature_set_version,
@@ -316,7 +324,7 @@ def _card(
         holdout=holdout,
         validation=model.validation_metrics,
         threshold=model.threshold,
-        alert_budget=model.params.alert_budget,
+        alert_budget=str(model.params.alert_budget),
         validation_alerts_per_day=model.validation_alerts_per_day,
         device=model.device.device,
         device_reason=model.device.reason,
@@ -328,9 +336,15 @@ def _card(
     )
 
 
-def _summary(card: ModelCard) -> str:
+def _summary(card: ModelCard, as_of: bool) -> str:
     h = card.holdout
-    return (
+    role = (
+        f"As-of model: scores only days after its label cutoff {card.window['label_cutoff'][:10]}, to score "
+        "history out of time; never champion. "
+        if as_of
+        else ""
+    )
+    return role + (
         f"Trained on {card.window['train_start']}..{card.window['validation_end']} "
         f"(feature set {card.feature_set_version}); holdout AUC {h.roc_auc:.4f}, "
         f"AP {h.average_precision:.4f}, "
@@ -347,8 +361,12 @@ def log_training_run(
     artifact_root: str | Path,
     name: str = MODEL_NAME,
     origin: RunOrigin | None = None,
+    as_of: bool = False,
 ) -> TrainingRun:
     """Log everything about one training run, register it and give it the ``challenger`` alias.
+
+    ``as_of``: a model that scores history out of time (``jobs.registry.asof``): tagged ``purpose=as_of``
+    and given no alias, so the promotion gate never sees it and ``promote`` refuses it.
 
     Any failure marks the run FAILED and removes what this call registered, so a version either exists
     complete with its alias, digest and card, or not at all.
@@ -361,8 +379,9 @@ def log_training_run(
     client = open_client(tracking_uri)
     run_id = client.create_run(
         experiment_id(client, artifact_root),
-        run_name=f"train {data.window.train_start}..{data.window.validation_end}",
-        tags=_run_tags(data, model, origin or RunOrigin(), revision),
+        run_name=f"{'as-of ' * as_of}train {data.window.train_start}..{data.window.validation_end}",
+        tags=_run_tags(data, model, origin or RunOrigin(), revision)
+        | ({TAG_PURPOSE: AS_OF} if as_of else {}),
     ).info.run_id
     version: ModelVersion | None = None
     created_model = False
@@ -373,11 +392,12 @@ def log_training_run(
             sha = _sha256(_model_file(_download(info.artifact_path, tracking_uri, tmp)))
         client.set_tag(run_id, "model_sha256", sha)
         created_model = _ensure_registered_model(client, name)
-        version = _register_version(client, name, info, run_id, sha, data, model, tracking_uri)
+        version = _register_version(client, name, info, run_id, sha, data, model, tracking_uri, as_of)
         card = _card(name, version, data, holdout_rows, model, holdout, sha, revision)
         client.log_text(run_id, render_model_card(card), "model_card.md")
-        client.update_model_version(name, version.version, description=_summary(card))
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        client.update_model_version(name, version.version, description=_summary(card, as_of))
+        if not as_of:
+            client.set_registered_model_alias(name, CHALLENGER, version.version)
     except BaseException:
         with contextlib.suppress(Exception):
             if version is not None:
@@ -398,6 +418,7 @@ def log_training_run(
         window=data.window.as_dict(),
         training_rows=len(data.train) + len(data.validation),
         params=dict(model.lightgbm_params),
+        alert_budget=str(model.params.alert_budget),
     )
 
 

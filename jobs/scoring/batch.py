@@ -3,6 +3,9 @@
 ``score_features`` is pure (a DataFrame in, a DataFrame out). ``score_days`` is the batch around it: it
 reads each day's feature partition from the lake and replaces that day in the warehouse
 (``jobs.scoring.store``), all with the one model version the caller resolved for the whole run.
+``score_out_of_time`` is what a run uses: a day is scored only by a model whose label cutoff is before it,
+the champion for the days after its cutoff and as-of models for the history before
+(``jobs.training.asof``); days no model may score yet stay unscored, with the reason.
 
 Reason codes are the three largest positive LightGBM contributions (``pred_contrib=True``, exact TreeSHAP) of
 a row, as feature names. TreeSHAP costs far more than a plain prediction (``python -m benchmarks scoring``
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
     from jobs.platform.settings import Settings
     from jobs.registry.aliases import ModelRef
+    from jobs.registry.tracking import RunOrigin
 
 Explain = Literal["review", "all", "none"]
 REVIEW_TOP_CARDS = 100
@@ -244,6 +248,95 @@ def score_days(
     return done
 
 
+@dataclass(frozen=True)
+class OutOfTimeRun:
+    """What ``score_out_of_time`` did: the days each model scored, in time order, and the days left."""
+
+    scored: list[tuple[ModelRef, list[ScoredDay]]]
+    unscored: dict[dt.date, str]
+
+    @property
+    def days(self) -> list[ScoredDay]:
+        return sorted((d for _, days in self.scored for d in days), key=lambda d: d.write.day)
+
+
+def model_checks(model: ModelRef) -> list[dict[str, object]]:
+    """The checks scoring itself passed for a model, recorded with each day it scores."""
+    return [
+        {"name": "artifact_sha256", "tool": "txguard", "passed": True, "sha256": model.artifact_sha256},
+        {
+            "name": "feature_set_version",
+            "tool": "txguard",
+            "passed": True,
+            "version": model.feature_set_version,
+        },
+        {
+            "name": "out_of_time",
+            "tool": "txguard",
+            "passed": True,
+            "label_cutoff": model.label_cutoff.isoformat() if model.label_cutoff else None,
+        },
+    ]
+
+
+def score_out_of_time(
+    settings: Settings,
+    days: Sequence[dt.date],
+    champion: ModelRef,
+    *,
+    run_id: str,
+    run_created_at: dt.datetime,
+    checks: Sequence[Mapping[str, Any]] = (),
+    upstream_runs: Mapping[dt.date, Mapping[str, str]] | None = None,
+    origin: RunOrigin | None = None,
+    explain: Explain = "review",
+) -> OutOfTimeRun:
+    """Score each day with a model that never saw it: ``champion`` after its label cutoff, else the as-of
+    model of the day's block, trained (or reused) in time order at ``settings.asof_cadence_days``.
+
+    A day whose as-of model cannot exist yet, or cannot be trained (too little history, one class), is left
+    unscored with the reason; every other day is written as ``score_days`` writes it.
+    """
+    from jobs.registry.asof import asof_model
+    from jobs.registry.tracking import load_verified_booster
+    from jobs.training.asof import plan_out_of_time
+    from jobs.training.trainer import TrainingDataError, feature_days
+
+    require_features(settings.lake, days)
+    lake_days = feature_days(settings.lake)
+    plan = plan_out_of_time(
+        days, champion.label_cutoff, lake_days[0] if lake_days else None, settings.asof_cadence_days
+    )
+    unscored = dict(plan.unscored)
+    assigned: list[tuple[ModelRef, list[dt.date]]] = []
+    for cutoff, block in plan.asof_days.items():
+        try:
+            model = asof_model(settings, cutoff, origin=origin, dagster_run_id=run_id)
+        except TrainingDataError as error:
+            why = f"its as-of model (labels up to {cutoff}) cannot be trained: {error}"
+            unscored.update(dict.fromkeys(block, why))
+            continue
+        assigned.append((model, block))
+    if plan.champion_days:
+        assigned.append((champion, plan.champion_days))
+    scored = []
+    for model, block in assigned:
+        booster = load_verified_booster(model, tracking_uri=settings.tracking_uri)
+        written = score_days(
+            settings,
+            block,
+            model,
+            booster,
+            run_id=run_id,
+            run_created_at=run_created_at,
+            checks=[*model_checks(model), *checks],
+            upstream_runs=upstream_runs,
+            explain=explain,
+        )
+        scored.append((model, written))
+    return OutOfTimeRun(scored, dict(sorted(unscored.items())))
+
+
 def top_alerts(scores: pd.DataFrame, limit: int = PREVIEW_ALERTS) -> pd.DataFrame:
     """The ``limit`` highest-scored alerts of a scored batch, ties to the smaller transaction id."""
     alerts = scores[scores["decision"]].sort_values(["score", "transaction_id"], ascending=[False, True])
@@ -251,26 +344,29 @@ def top_alerts(scores: pd.DataFrame, limit: int = PREVIEW_ALERTS) -> pd.DataFram
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m jobs.scoring.batch --from D --to D``: score with @champion outside Dagster (ops, debug)."""
+    """``python -m jobs.scoring.batch --from D --to D``: score out of time outside Dagster (ops, debug)."""
     from jobs.platform.settings import load_settings
     from jobs.platform.warehouse import publish_snapshot
     from jobs.registry.aliases import CHAMPION, resolve_alias
-    from jobs.registry.tracking import load_verified_booster
 
     parser = argparse.ArgumentParser(prog="python -m jobs.scoring.batch", description=__doc__)
     parser.add_argument("--from", dest="start", required=True, type=parse_day)
     parser.add_argument("--to", dest="end", required=True, type=parse_day)
     args = parser.parse_args(argv)
     settings = load_settings()
-    model = resolve_alias(CHAMPION, tracking_uri=settings.tracking_uri)
-    booster = load_verified_booster(model, tracking_uri=settings.tracking_uri)
+    champion = resolve_alias(CHAMPION, tracking_uri=settings.tracking_uri)
     days = [args.start + dt.timedelta(days=i) for i in range((args.end - args.start).days + 1)]
     run_id = f"cli-{uuid.uuid4()}"
-    for scored in score_days(
-        settings, days, model, booster, run_id=run_id, run_created_at=dt.datetime.now(dt.UTC)
-    ):
-        write = scored.write
-        print(f"{write.day}: {write.rows} rows, {write.alerts} alerts, {model.name} v{model.version}")
+    done = score_out_of_time(settings, days, champion, run_id=run_id, run_created_at=dt.datetime.now(dt.UTC))
+    for model, scored_days in done.scored:
+        for scored in scored_days:
+            write = scored.write
+            print(
+                f"{write.day}: {write.rows} rows, {write.alerts} alerts, {model.name} v{model.version} "
+                f"({model.trained_up_to})"
+            )
+    for day, reason in done.unscored.items():
+        print(f"{day}: not scored, {reason}")
     publish_snapshot(settings.warehouse_path, settings.snapshot_path)
     print(f"snapshot published at {settings.snapshot_path}")
     return 0

@@ -13,7 +13,8 @@ Why the choices:
   distort the scores as probabilities. The alert budget, not the class weight, sets the operating point.
   ``python -m jobs.training.evaluate --lake PATH --protocol imbalance`` reruns the comparison.
 - The decision threshold is the lowest score at which the validation days would have raised at most
-  ``alert_budget`` card alerts a day on average (investigators review cards, not transactions).
+  ``alert_budget`` card alerts (investigators review cards, not transactions): a count a day, or a share of
+  each day's active cards (``jobs.training.budget``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from jobs.features.definitions import (
 )
 from jobs.platform import storage
 from jobs.platform.layout import RAW_FRAUD_REPORTS, TRANSACTION_FEATURES, dataset_uri, partition_uri
+from jobs.training.budget import DEFAULT_ALERT_BUDGET, AlertBudget
 from jobs.training.maturity import partition_days
 from jobs.training.metrics import HoldoutMetrics, MetricError, holdout_metrics
 
@@ -415,10 +417,10 @@ class TrainingParams:
     imbalance: Imbalance = "none"
     seed: int = 42
     num_threads: int = 2
-    alert_budget: int = 100
+    alert_budget: AlertBudget = field(default_factory=lambda: AlertBudget.parse(DEFAULT_ALERT_BUDGET))
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "alert_budget": str(self.alert_budget)}
 
     def lightgbm_params(self, device: str, positives: int, negatives: int) -> dict[str, object]:
         ratio = negatives / positives
@@ -485,8 +487,14 @@ def _require_both_classes(frame: pd.DataFrame, split: str, source: str) -> tuple
     return positives, negatives
 
 
-def choose_threshold(frame: pd.DataFrame, scores: np.ndarray, alert_budget: int) -> tuple[float, float]:
-    """Lowest score keeping the mean daily card alerts within budget; returns it and that mean."""
+def choose_threshold(
+    frame: pd.DataFrame, scores: np.ndarray, alert_budget: AlertBudget | int
+) -> tuple[float, float]:
+    """Lowest score keeping the card alerts of the days within budget; returns it and the mean a day.
+
+    An ``int`` budget is cards a day; a share allows each day its share of that day's active cards.
+    """
+    budget = alert_budget if isinstance(alert_budget, AlertBudget) else AlertBudget(alert_budget)
     cards = (
         pd.DataFrame(
             {"customer_id": frame["customer_id"].to_numpy(), DAY: frame[DAY].to_numpy(), "s": scores}
@@ -494,8 +502,9 @@ def choose_threshold(frame: pd.DataFrame, scores: np.ndarray, alert_budget: int)
         .groupby([DAY, "customer_id"])["s"]
         .max()
     )
-    n_days = cards.index.get_level_values(DAY).nunique()
-    allowed = alert_budget * n_days
+    active = cards.groupby(level=DAY).size()
+    n_days = len(active)
+    allowed = sum(budget.cards_on(int(n)) for n in active)
     ordered = np.sort(cards.to_numpy())[::-1]
     if len(ordered) <= allowed:
         threshold = float(ordered[-1])

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from orchestration.cli import analyst, demo, lineage, models, pipeline, simulate
+from orchestration.cli import analyst, backtest, demo, lineage, models, pipeline, simulate, spark_server
 from orchestration.cli.errors import DEBUG, explain_exception
 
 
@@ -86,5 +86,7 @@ for command in (
     *lineage.commands,
     *analyst.commands,
     *models.commands,
+    *backtest.commands,
+    *spark_server.commands,
 ):
     main.add_command(command)

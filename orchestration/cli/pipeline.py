@@ -13,11 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import click
 
+from orchestration.cli import spark_server as warm_spark
 from orchestration.cli.arguments import PARTITION_DAY, checked_range, require_landing_files
 from orchestration.cli.errors import DEBUG, explain, first_lines, strip_class_prefix
 
@@ -66,19 +67,47 @@ def debug_requested() -> bool:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address the web UI binds to")
 @click.option("--port", default=3000, show_default=True, type=int)
 @click.option("--read-only", is_flag=True, help="serve a read-only UI for reviewers (no daemon)")
-def ui(host: str, port: int, read_only: bool) -> None:
-    """Start the Dagster web UI (and the daemon that runs schedules and sensors)."""
-    from jobs.platform.settings import REPO_ROOT
+@click.option(
+    "--spark-port",
+    default=warm_spark.DEFAULT_CONNECT_PORT,
+    show_default=True,
+    type=warm_spark.PORT,
+    help="port of the warm Spark Connect server started for the feature builds (none is started when "
+    "TXGUARD_SPARK_REMOTE names one, or with --read-only)",
+)
+def ui(host: str, port: int, read_only: bool, spark_port: int) -> None:
+    """Start the Dagster web UI (and the daemon that runs schedules and sensors, with a warm Spark).
 
-    prepared_settings()
+    The Spark Connect server is bound to die with this command, and its URL is in the environment that
+    ``dagster dev`` passes to the code location, so every run's feature job connects to it.
+    """
+    from jobs.platform.settings import REPO_ROOT, load_settings, variable
+
+    start_spark = not read_only and not load_settings().spark_remote
+    if start_spark:
+        warm_spark.require_free_port("127.0.0.1", spark_port, "--spark-port")
+    settings = prepared_settings()
     workspace = str(REPO_ROOT / "workspace.yaml")
     if read_only:
         argv = ["dagster-webserver", "-w", workspace, "-h", host, "-p", str(port), "--read-only"]
     else:
         argv = ["dagster", "dev", "-w", workspace, "-h", host, "-p", str(port)]
     click.echo(f"Dagster UI on http://{host}:{port}  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    environment, server = dict(os.environ), None
+    if start_spark:
+        log = settings.home / "spark" / "connect-server.log"
+        server = warm_spark.start_bound_server("127.0.0.1", spark_port, log)
+        environment[variable("spark_remote")] = warm_spark.connect_url("127.0.0.1", spark_port)
+        click.echo(f"Spark Connect server on {warm_spark.connect_url('127.0.0.1', spark_port)}  (log {log})")
+    elif not read_only:
+        click.echo(f"Spark Connect server {settings.spark_remote} (from {variable('spark_remote')})")
     bin_dir = os.path.dirname(sys.executable)
-    raise SystemExit(subprocess.call([os.path.join(bin_dir, argv[0]), *argv[1:]], cwd=REPO_ROOT))
+    try:
+        code = subprocess.call([os.path.join(bin_dir, argv[0]), *argv[1:]], cwd=REPO_ROOT, env=environment)
+    finally:
+        if server is not None:
+            warm_spark.stop_server(server)
+    raise SystemExit(code)
 
 
 @click.command("mlflow")
@@ -155,10 +184,15 @@ def step_progress(instance: dg.DagsterInstance, shown: bool) -> Iterator[None]:
 
 
 def execute_range(
-    defs: dg.Definitions, start: dt.date, end: dt.date, instance: dg.DagsterInstance, job_name: str
+    defs: dg.Definitions,
+    start: dt.date,
+    end: dt.date,
+    instance: dg.DagsterInstance,
+    job_name: str,
+    leave_out: Sequence[dg.AssetKey] = (),
 ) -> RangeRunOutcome:
-    """Run ``job_name`` for ``[start, end]`` as one recorded run: quiet with a progress bar, or with Dagster's
-    console logs under ``--debug``."""
+    """Run ``job_name`` for ``[start, end]``, less the ``leave_out`` assets, as one recorded run: quiet with a
+    progress bar, or with Dagster's console logs under ``--debug``."""
     from orchestration.runs import run_partition_range
 
     debug = debug_requested()
@@ -172,6 +206,7 @@ def execute_range(
             instance,
             job_name=job_name,
             log_level="INFO" if debug else "CRITICAL",
+            leave_out=leave_out,
         )
 
 
@@ -207,6 +242,22 @@ def failure_lines(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return lines
 
 
+def unscored_lines(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The days the run left unscored (no model may score them out of time yet), grouped by reason."""
+    import dagster as dg
+
+    from jobs.training.maturity import format_days
+
+    by_reason: dict[str, list[dt.date]] = {}
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = entry.asset_materialization
+        reason = materialization.metadata.get("unscored_reason") if materialization else None
+        if materialization is not None and reason is not None and materialization.partition:
+            day = dt.date.fromisoformat(materialization.partition)
+            by_reason.setdefault(str(reason.value), []).append(day)
+    return [f"  not scored {format_days(sorted(days))}: {why}" for why, days in by_reason.items()]
+
+
 def print_outcome(instance: dg.DagsterInstance, outcome: RangeRunOutcome) -> None:
     """What the run did; the failed steps with their errors. The caller exits non-zero on failure."""
     click.echo(f"\nrun {outcome.run_id}: {'succeeded' if outcome.success else 'FAILED'}")
@@ -223,6 +274,8 @@ def print_outcome(instance: dg.DagsterInstance, outcome: RangeRunOutcome) -> Non
         click.echo(f"    {line}")
     if outcome.held_days:
         click.echo(f"  held (ingestion failed its check): {', '.join(outcome.held_days)}")
+    for line in unscored_lines(instance, outcome.run_id):
+        click.echo(line)
     for line in failure_lines(instance, outcome.run_id):
         click.echo(line)
 
@@ -236,11 +289,32 @@ def exit_unless_succeeded(outcome: RangeRunOutcome) -> None:
         raise SystemExit(1)
 
 
-def run_range_or_exit(start: dt.date, end: dt.date) -> None:
-    """Materialize the chain for ``[start, end]`` in one recorded run; exit non-zero if anything failed.
+TRAINING_ASSETS = ("fraud_model", "model_promotion")
+"""What ``--no-train`` leaves out of a run: training and its promotion gate run on their schedule, on drift
+or on request, not in the daily chain."""
+
+
+def decide_training(train: bool | None, settings: Settings) -> bool:
+    """``--train`` or ``--no-train`` as given; neither: train only when no version holds @champion, since a
+    fresh home has nothing to score with and a home with a champion keeps its daily run at one day's work."""
+    if train is not None:
+        return train
+    from jobs.registry.aliases import CHAMPION, resolve_alias
+    from jobs.registry.client import UnknownModelVersion
+
+    try:
+        resolve_alias(CHAMPION, tracking_uri=settings.tracking_uri)
+    except UnknownModelVersion:
+        return True
+    return False
+
+
+def run_range(start: dt.date, end: dt.date, *, train: bool | None = None) -> list[RangeRunOutcome]:
+    """Materialize the chain for ``[start, end]`` in one recorded run, print what it did, return its outcomes.
 
     A day whose ingestion fails its check holds only itself: the chain below ingestion then runs again for
-    the stretches of the range around it, and the summary names each held day with its file and rules."""
+    the stretches of the range around it, and the summary names each held day with its file and rules.
+    ``train`` is ``decide_training``'s choice."""
     import dagster as dg
 
     from jobs.platform.layout import parse_day
@@ -249,8 +323,11 @@ def run_range_or_exit(start: dt.date, end: dt.date) -> None:
     from orchestration.runs import CHAIN_AFTER_INGEST_JOB, PIPELINE_JOB, ranges_without
 
     settings = prepared_settings()
+    training = decide_training(train, settings)
+    leave_out = () if training else [dg.AssetKey(name) for name in TRAINING_ASSETS]
+    click.echo("training: " + ("yes" if training else "no (the champion scores; --train retrains)"))
     with dg.DagsterInstance.get() as instance:
-        outcomes = [execute_range(defs, start, end, instance, PIPELINE_JOB)]
+        outcomes = [execute_range(defs, start, end, instance, PIPELINE_JOB, leave_out)]
         held = outcomes[0].held_days
         if held and not outcomes[0].stopped_by:
             click.echo(
@@ -258,7 +335,9 @@ def run_range_or_exit(start: dt.date, end: dt.date) -> None:
             )
             for first, last in ranges_without(start.isoformat(), end.isoformat(), held):
                 outcomes.append(
-                    execute_range(defs, parse_day(first), parse_day(last), instance, CHAIN_AFTER_INGEST_JOB)
+                    execute_range(
+                        defs, parse_day(first), parse_day(last), instance, CHAIN_AFTER_INGEST_JOB, leave_out
+                    )
                 )
                 if outcomes[-1].stopped_by:
                     break
@@ -268,23 +347,35 @@ def run_range_or_exit(start: dt.date, end: dt.date) -> None:
                 sent, where = emit_run_lineage(instance, run, settings, defs.resolve_asset_graph())
                 click.echo(f"OpenLineage: {sent} events to {where}")
             print_outcome(instance, outcome)
-    for outcome in outcomes:
+    return outcomes
+
+
+def run_range_or_exit(start: dt.date, end: dt.date, *, train: bool | None = None) -> None:
+    """``run_range``, then exit non-zero if anything failed."""
+    for outcome in run_range(start, end, train=train):
         exit_unless_succeeded(outcome)
 
 
 @click.command("run")
 @click.option("--from", "start", required=True, type=PARTITION_DAY, help="first partition (business day)")
 @click.option("--to", "end", required=True, type=PARTITION_DAY, help="last partition, inclusive")
-def run_command(start: dt.date, end: dt.date) -> None:
+@click.option(
+    "--train/--no-train",
+    default=None,
+    help="retrain (fraud_model, model_promotion) in this run, or not [default: only when no champion exists]",
+)
+def run_command(start: dt.date, end: dt.date, train: bool | None) -> None:
     """Materialize every asset for a partition range, headless, as one run the UI shows.
 
-    Every day of the range needs its transactions file in the landing zone.
+    Every day of the range needs its transactions file in the landing zone. Training is not part of the
+    daily chain: it runs when asked (--train), on a fresh home, or on its schedule and on drift under
+    make ui.
     """
     days = checked_range(start, end)
     from jobs.platform.settings import load_settings
 
     require_landing_files(load_settings().landing, days)
-    run_range_or_exit(start, end)
+    run_range_or_exit(start, end, train=train)
 
 
 commands: list[click.Command] = [ui, mlflow_ui, run_command]

@@ -1,12 +1,13 @@
 """Features: the point-in-time feature table, built by the Spark job (``jobs.features.spark_job``) via Pipes.
 
-The job runs in its own process (its own JVM), launched by ``PipesSubprocessClient``:
-``python -m jobs.features.spark_job`` against ``TXGUARD_SPARK_MASTER`` (``local[*]``, or a ``spark://``
-master), or through ``spark-submit`` when the run config names one (YARN, Kubernetes). Either way the driver
-runs here (client mode), so Pipes' local message channel carries the job's row counts, null rates and
-feature-set version back: each day's materialization records that day's rows, the build's totals are the
-``run_*`` keys. The contract check reads the written files with pandas and blocks training and scoring when a
-partition breaks it.
+The job runs in its own process, launched by ``PipesSubprocessClient``: ``python -m jobs.features.spark_job``
+as a client of the warm Spark Connect server that ``TXGUARD_SPARK_REMOTE`` names (``txguard ui`` starts one),
+else in its own JVM against ``TXGUARD_SPARK_MASTER`` (``local[*]``, or a ``spark://`` master), or through
+``spark-submit`` when the run config names one (YARN, Kubernetes; the Connect server is then not used).
+Either way the driver runs here (client mode), so Pipes' local message channel carries the job's row
+counts, null rates and feature-set version back: each day's materialization records that day's rows, the
+build's totals are the ``run_*`` keys. The contract check reads the written files with pandas and blocks
+training and scoring when a partition breaks it.
 """
 
 import datetime as dt
@@ -48,7 +49,7 @@ def feature_job_command(
     if spark_submit:
         job = str(REPO_ROOT / "jobs" / "features" / "spark_job.py")
         bound = [sys.executable, "-m", "orchestration.processes"]
-        return [*bound, spark_submit, "--master", master, job, *arguments]
+        return [*bound, spark_submit, "--master", master, job, "--no-remote", *arguments]
     return [sys.executable, "-m", "jobs.features.spark_job", *arguments]
 
 

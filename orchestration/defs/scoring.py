@@ -2,7 +2,10 @@
 
 The asset pins ``@champion`` to one version per run (a run tag records it, so a step retry or a
 re-execution of the run scores with the same version even if the alias has moved since), checks the
-artifact's SHA-256 before loading it and replaces each day atomically. Its checks then read the written days
+artifact's SHA-256 before loading it and replaces each day atomically. Every score is out of time: the
+champion scores the days after its label cutoff, as-of models (trained or reused in time order, never
+champion) the history before, and a day before the first possible model stays unscored with the reason in
+its metadata (``jobs.scoring.batch.score_out_of_time``). Its checks then read the written days
 back from the warehouse; the analysts' snapshot is published only when the blocking ones passed, so a day
 with lost rows, null scores or unversioned rows never reaches analysts through this run.
 """
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from jobs.registry.aliases import ModelRef
-    from jobs.scoring.batch import ScoredDay
+    from jobs.scoring.batch import OutOfTimeRun, ScoredDay
     from jobs.scoring.store import PartitionFacts
 
 SCORING_JOB = "scoring_job"
@@ -106,18 +109,46 @@ def day_metadata(scored: "ScoredDay") -> dict[str, dg.MetadataValue]:
     }
 
 
-def run_metadata(
-    model: "ModelRef", days: "list[ScoredDay]", seconds: float, mlflow_ui: str
-) -> dict[str, dg.MetadataValue]:
-    """What is the same on every day of the run: the model and its links, and the run's totals (``run_*``)."""
-    rows = sum(d.write.rows for d in days)
+def model_metadata(model: "ModelRef", mlflow_ui: str) -> dict[str, dg.MetadataValue]:
+    """The model that scored a day, its links and the day its training labels end."""
     return {
         "model": dg.MetadataValue.text(f"{model.name} v{model.version}"),
         "model_version": dg.MetadataValue.int(model.version),
+        "model_role": dg.MetadataValue.text(
+            "as-of (out of time, never champion)" if model.as_of else "champion"
+        ),
+        "trained_on_data_up_to": dg.MetadataValue.text(str(model.label_cutoff)),
         "artifact_sha256": dg.MetadataValue.text(model.artifact_sha256),
         "feature_set_version": dg.MetadataValue.text(model.feature_set_version),
         "mlflow_run": mlflow_run_url(mlflow_ui, model.run_id),
         "mlflow_model_version": mlflow_model_version_url(mlflow_ui, model.name, model.version),
+    }
+
+
+def unscored_metadata(reason: str) -> dict[str, dg.MetadataValue]:
+    """A day no model may score yet: no rows, and why."""
+    return {"scored": dg.MetadataValue.bool(False), "unscored_reason": dg.MetadataValue.text(reason)}
+
+
+def run_metadata(done: "OutOfTimeRun", seconds: float) -> dict[str, dg.MetadataValue]:
+    """The run's totals (``run_*``): days, rows, alerts, the models used and the days left unscored."""
+    days = done.days
+    rows = sum(d.write.rows for d in days)
+    return {
+        "run_models": dg.MetadataValue.json(
+            [
+                {
+                    "model": f"{model.name} v{model.version}",
+                    "as_of": model.as_of,
+                    "label_cutoff": str(model.label_cutoff),
+                    "days": [d.write.day.isoformat() for d in scored],
+                }
+                for model, scored in done.scored
+            ]
+        ),
+        "run_unscored_days": dg.MetadataValue.json(
+            {day.isoformat(): why for day, why in done.unscored.items()}
+        ),
         "run_days": dg.MetadataValue.int(len(days)),
         "run_rows": dg.MetadataValue.int(rows),
         "run_alerts": dg.MetadataValue.int(sum(d.write.alerts for d in days)),
@@ -132,11 +163,13 @@ ALERT_SHARE_CHECK = "alert_share_in_band"
 BLOCKING_CHECKS = (ROWS_CHECK, NULL_SCORE_CHECK, VERSIONED_CHECK)
 """What analysts rely on in every row: they block the snapshot and everything built on the scores."""
 ALERT_SHARE_MIN = 0.0001
-"""0.01 %: the threshold aims at about 100 cards a day, so a day without a single alert in ten thousand
-transactions says the threshold or the features are off, not that fraud stopped."""
+"""0.01 %: the threshold aims at the alert budget (by default 1 % of the day's active cards), so a day
+without a single alert in ten thousand transactions says the threshold or the features are off, not that
+fraud stopped."""
 ALERT_SHARE_MAX = 0.20
-"""20 %: investigators review about 100 cards a day; a fifth of the day alerted would bury them, and points
-at a broken threshold or feature rather than a fraud wave. Outside the band warns; it does not block."""
+"""20 %: investigators review the alert budget's cards a day; a fifth of the day alerted would bury them,
+and points at a broken threshold or feature rather than a fraud wave. Outside the band warns; it does not
+block."""
 
 SCORES_CHECK_SPECS = [
     dg.AssetCheckSpec(
@@ -233,36 +266,31 @@ def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSetti
     import time
 
     from jobs.platform.warehouse import publish_snapshot
-    from jobs.registry.tracking import load_verified_booster
-    from jobs.scoring.batch import score_days
+    from jobs.registry.tracking import RunOrigin
+    from jobs.scoring.batch import score_out_of_time
     from jobs.scoring.store import read_partition_facts
 
     loaded = settings.load()
     started = time.perf_counter()
-    model = pinned_champion(context, loaded.tracking_uri)
-    context.log.info(f"scoring {context.partition_key_range} with {model.name} v{model.version}")
-    booster = load_verified_booster(model, tracking_uri=loaded.tracking_uri)
-    checks = [
-        {"name": "artifact_sha256", "tool": "txguard", "passed": True, "sha256": model.artifact_sha256},
-        {
-            "name": "feature_set_version",
-            "tool": "txguard",
-            "passed": True,
-            "version": model.feature_set_version,
-        },
-        *gating_checks(context),
-    ]
+    champion = pinned_champion(context, loaded.tracking_uri)
+    context.log.info(
+        f"scoring {context.partition_key_range}: champion {champion.name} v{champion.version} after its "
+        f"label cutoff {champion.label_cutoff}, as-of models before"
+    )
     keys = context.partition_keys
-    days = score_days(
+    done = score_out_of_time(
         loaded,
         [parse_day(k) for k in keys],
-        model,
-        booster,
+        champion,
         run_id=context.run_id,
         run_created_at=run_created_at(context),
-        checks=checks,
+        checks=gating_checks(context),
         upstream_runs=upstream_runs(context, keys),
+        origin=RunOrigin(context.run_id, context.job_name, partition_range_of(context.run.tags)),
     )
+    for day, reason in done.unscored.items():
+        context.log.warning(f"{day} not scored: {reason}")
+    days = done.days
     seconds = time.perf_counter() - started
     verdicts = scores_checks(days, read_partition_facts(loaded.warehouse_path, [d.write.day for d in days]))
     blocked = [v.check_name for v in verdicts if not v.passed and v.check_name in BLOCKING_CHECKS]
@@ -270,11 +298,15 @@ def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSetti
         context.log.error(f"snapshot not published: {', '.join(blocked)} failed")
     else:
         publish_snapshot(loaded.warehouse_path, loaded.snapshot_path)
-    for scored in days:
-        context.add_asset_metadata(day_metadata(scored), partition_key=scored.write.day.isoformat())
-    return dg.MaterializeResult(
-        metadata=run_metadata(model, days, seconds, loaded.mlflow_ui_url), check_results=verdicts
-    )
+    for model, scored_days in done.scored:
+        for scored in scored_days:
+            context.add_asset_metadata(
+                {**day_metadata(scored), **model_metadata(model, loaded.mlflow_ui_url)},
+                partition_key=scored.write.day.isoformat(),
+            )
+    for day, reason in done.unscored.items():
+        context.add_asset_metadata(unscored_metadata(reason), partition_key=day.isoformat())
+    return dg.MaterializeResult(metadata=run_metadata(done, seconds), check_results=verdicts)
 
 
 PANDERA_ASSETS = {"raw_transactions", "raw_fraud_reports", "transaction_features"}

@@ -123,7 +123,7 @@ BAD_ARGUMENTS = {
     "in the future": (
         ["run", "--from", "2999-01-01", "--to", "2999-01-01"],
         "'--from'",
-        "in the future; the last partition is today, ",
+        "has no partition yet; the last one is yesterday, ",
     ),
     "no landing data": (
         ["run", "--from", "2018-04-01", "--to", "2018-04-03"],
@@ -133,7 +133,7 @@ BAD_ARGUMENTS = {
     "rescore into the future": (
         ["rescore", "--from", "2018-04-01", "--to", "2999-01-01"],
         "'--to'",
-        "in the future",
+        "has no partition yet",
     ),
     "rescore reversed": (["rescore", "--from", "2018-04-02", "--to", "2018-04-01"], "'--to'", "swap"),
 }
@@ -246,6 +246,7 @@ def test_sql_reads_the_query_from_stdin(txguard_home: Path) -> None:
     assert empty.code == 2 and "Invalid value for 'QUERY': the query is empty" in empty.stderr
 
 
+@pytest.mark.slow
 def test_report_model_prints_no_library_progress_bars(txguard_home: Path, tmp_path: Path) -> None:
     """MLflow draws a bar per artifact download unless told not to; the CLI tells it (and tqdm), whatever the
     shell set. The control run, with both variables set the other way by hand, proves the bars would show."""
@@ -295,6 +296,7 @@ def tampered_champion(tracking_uri: str, artifacts: Path) -> str:
     return registered
 
 
+@pytest.mark.slow
 def test_a_tampered_model_fails_the_run_in_two_lines_with_the_fix_and_a_bar_on_a_terminal(
     txguard_home: Path,
 ) -> None:
@@ -353,3 +355,34 @@ def test_the_model_report_names_commands_that_parse() -> None:
             assert found is not None, text
             command = found
         command.make_context(command.name or "", list(args), parent=parent)
+
+
+def test_training_is_decided_by_the_option_else_by_whether_a_champion_exists(txguard_home: Path) -> None:
+    from orchestration.cli.pipeline import decide_training
+
+    settings = load_settings()
+    assert decide_training(True, settings) is True
+    assert decide_training(False, settings) is False
+    assert decide_training(None, settings) is True, "a fresh home has no champion: its first run trains"
+    finished = txguard("run", "--from", "2018-04-01", "--to", "2018-04-01", "--train", "--bogus")
+    assert finished.code == 2 and finished.seconds < ARGUMENT_SECONDS, finished.output
+
+
+@pytest.mark.slow
+def test_no_train_leaves_training_out_of_the_run_and_says_what_scoring_needs(txguard_home: Path) -> None:
+    from jobs.platform.settings import variable
+    from jobs.simulation.simulator import SimulationConfig, simulate, write_landing
+
+    config = SimulationConfig(customers=50, terminals=100, days=1, start=FIRST_DAY, seed=0)
+    write_landing(simulate(config), str(txguard_home / "landing"), "parquet")
+    day = FIRST_DAY.isoformat()
+    one_core = {variable("spark_master"): "local[1]"}
+    finished = txguard("run", "--from", day, "--to", day, "--no-train", env=one_core)
+    assert finished.code == 1, finished.output
+    assert "training: no" in finished.stdout
+    (materialized,) = [line for line in finished.stdout.splitlines() if line.startswith("  materialized:")]
+    assert "transaction_features" in materialized
+    assert "fraud_model" not in materialized and "model_promotion" not in materialized
+    (failure,) = [line for line in finished.stdout.splitlines() if line.startswith("  transaction_scores:")]
+    assert "@champion" in failure, finished.stdout
+    assert "Traceback" not in finished.output

@@ -152,6 +152,7 @@ class DagsterDev:
     def start(self) -> None:
         txguard = Path(sys.executable).with_name("txguard")
         argv = [str(txguard), "ui", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--spark-port", str(free_port())]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -26,7 +26,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from jobs.platform.settings import REPO_ROOT
 from tests.e2e.dagster_server import graphql, location_loaded, stop_group
-from tests.support import build_scored_world, free_port
+from tests.support import build_scored_world, free_port, score_around_cutoff
 
 pytestmark = pytest.mark.slow
 
@@ -446,5 +446,30 @@ def test_lineage_pages_and_model_report_explain_a_decision_to_people(
     )
     assert decoded and all(decoded), decoded
     expect(page.get_by_role("link", name=f"{mlflow}/#/runs/{champion.run_id}", exact=True)).to_be_visible()
+    assert [url for url in requested if not url.startswith(("file:", "data:"))] == []
+    page.context.close()
+
+
+def test_the_backtest_report_shows_its_headline_and_plots(
+    txguard_home: Path,
+    handbook_lake: str,
+    chromium: Browser,
+    test_artifacts: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.platform.settings import load_settings
+
+    monkeypatch.setenv("TXGUARD_LAKE_ROOT", handbook_lake)
+    scored = score_around_cutoff(load_settings())
+    start, end = str(scored["start"]), str(scored["end"])
+    txguard("backtest", "--from", start, "--to", end, "--output", str(tmp_path / "backtest.html"))
+
+    page, requested = open_page(chromium, tmp_path / "backtest.html", test_artifacts, "backtest-report")
+    expect(page.locator("h1")).to_have_text(f"Backtest {start}..{end}")
+    expect(page.locator("#headline")).to_contain_text("the alerts caught")
+    for plot in ("#plot-ranking-quality", "#plot-fraud-amount", "#plot-alerts"):
+        expect(page.locator(f"{plot} svg")).to_be_visible()
+    expect(page.locator("#weeks tr")).to_have_count(3)
     assert [url for url in requested if not url.startswith(("file:", "data:"))] == []
     page.context.close()

@@ -42,6 +42,9 @@ from jobs.testing.reference_features import (
 )
 from tests.support import perturb_after
 
+pytestmark = pytest.mark.slow
+"""Each test builds weeks of days with Spark, twice (on tiles and raw): out of ``make test-fast``."""
+
 DAY = dt.timedelta(days=1)
 FIRST_DAY = dt.date(2018, 4, 1)  # of random_raw's data
 BACKFILL = (dt.date(2018, 5, 1), dt.date(2018, 5, 5))

@@ -172,6 +172,8 @@ RUN_VALUES = {
     "mlflow_uri": "http://mlflow:5000",
     "spark_master": "spark://master:7077",
     "training_device": "cpu",
+    "alert_budget": "50",
+    "asof_cadence_days": 14,
     "quarantine_threshold": 0.2,
     "openlineage_url": "http://marquez:5000",
 }

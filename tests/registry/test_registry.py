@@ -237,6 +237,7 @@ GATE_TAGS = {"decision", "decision_reason", "decided_by", "decided_at", "champio
 GATE_TAGS |= {"decision_record", *(f"challenger_{m}" for m in ("ap", "cp_at_100", "roc_auc"))}
 
 
+@pytest.mark.slow
 def test_promotion_gate_both_ways_then_rollback(store, training_set, trained, weak, tmp_path) -> None:
     tracking_uri, artifacts = store
     first = log_training_run(training_set, weak, tracking_uri=tracking_uri, artifact_root=artifacts).ref
@@ -330,6 +331,7 @@ def test_promotion_gate_both_ways_then_rollback(store, training_set, trained, we
     assert versions(tracking_uri) == state
 
 
+@pytest.mark.slow
 def test_people_promote_and_roll_back_from_the_command_line(registered, txguard_home, monkeypatch) -> None:
     from click.testing import CliRunner
 

@@ -41,7 +41,6 @@ from tests.support import (
     FAST,
     handbook_features,
     handbook_transactions,
-    latest_window,
     small_booster,
     use_world,
     with_settings,
@@ -196,26 +195,33 @@ def test_score_days_refuses_a_range_with_a_missing_partition(booster, model, txg
 # --- the asset, on a real registry -------------------------------------------------------------------
 
 
+CHAMPION_CUTOFF = dt.date(2018, 5, 1)
+"""The label cutoff of the world's version 3: it may score only the days after it."""
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """A lake of simulated feature partitions and an MLflow store with versions 1 and 2 of the model."""
+    """A lake of simulated feature partitions (2018-04-01..05-30) and an MLflow store with versions 1 and 2
+    of the model, whose labels end before the lake's last three days, and version 3, whose labels end on
+    ``CHAMPION_CUTOFF``."""
     from jobs.registry.client import open_client
     from jobs.registry.tracking import log_training_run
-    from jobs.training.trainer import assemble_training_set, feature_days, train_model
+    from jobs.training.trainer import assemble_training_set, feature_days, matured_window, train_model
 
     root = tmp_path_factory.mktemp("scoring-world")
     tx = handbook_transactions(n_customers=300, n_terminals=500)
     lake = str(root / "lake")
     write_feature_lake(lake, tx, handbook_features(tx))
-    data = assemble_training_set(lake, latest_window(lake))
-    trained = train_model(data, FAST, device="cpu")
+    days = feature_days(lake)
     uri = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
     open_client(uri)
-    refs = [
-        log_training_run(data, trained, tracking_uri=uri, artifact_root=root / "mlflow" / "artifacts").ref
-        for _ in range(2)
-    ]
-    return {"lake": lake, "mlflow": uri, "days": feature_days(lake), "refs": refs}
+    refs = []
+    for latest in (days[-4], days[-4], CHAMPION_CUTOFF):
+        data = assemble_training_set(lake, matured_window(latest, earliest_day=days[0]))
+        trained = train_model(data, FAST, device="cpu")
+        run = log_training_run(data, trained, tracking_uri=uri, artifact_root=root / "mlflow" / "artifacts")
+        refs.append(run.ref)
+    return {"lake": lake, "mlflow": uri, "days": days, "refs": refs}
 
 
 @pytest.fixture
@@ -325,6 +331,73 @@ def test_a_backfill_keeps_the_first_version_when_the_alias_moves_then_rescore_us
         (record,) = instance.get_run_records()
         assert record.dagster_run.job_name == "scoring_job"
         assert record.dagster_run.tags["dagster/asset_partition_range_end"] == end.isoformat()
+
+
+@pytest.mark.slow
+def test_a_range_over_history_is_scored_out_of_time_by_as_of_models_never_champion(world, env) -> None:
+    """2018-04-20..05-04 with the champion's labels ending 05-01: the days up to 04-22 precede the first
+    possible model, the weeks after the Sundays 04-22 and 04-29 are scored by their as-of models, and only
+    05-02..05-04 by the champion. No row is scored by a model whose labels reach its day."""
+    from jobs.governance.lineage import transaction_lineage
+    from jobs.platform.warehouse import connect, connect_snapshot
+    from jobs.registry.aliases import CHALLENGER, CHAMPION, model_ref, version_with_alias
+    from jobs.registry.client import RegistryError, open_client
+    from jobs.registry.promotion import promote
+
+    make_champion(world, 3)
+    assert world["refs"][2].label_cutoff == CHAMPION_CUTOFF
+    start, end = dt.date(2018, 4, 20), dt.date(2018, 5, 4)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(start, end, instance)
+        assert result.success, failure_text(result)
+        metadata = {
+            m.partition: m.metadata for m in result.asset_materializations_for_node("transaction_scores")
+        }
+    with connect(env.warehouse_path, read_only=True) as warehouse:
+        scored = warehouse.execute(
+            "select model_version, min(day), max(day), count(*) from scoring.transaction_scores group by 1"
+        ).fetchall()
+        trail = dict(
+            warehouse.execute(
+                "select v.model_version, t.label_cutoff from audit.model_versions v"
+                " join audit.training_runs t using (mlflow_run_id)"
+            ).fetchall()
+        )
+    by_version = {int(v): (first, last) for v, first, last, _ in scored}
+    refs = {v: model_ref(v, tracking_uri=world["mlflow"]) for v in by_version}
+    assert all(first > refs[v].label_cutoff for v, (first, _) in by_version.items())
+    assert by_version[3] == (dt.date(2018, 5, 2), end)
+    as_of = sorted(v for v in by_version if v != 3)
+    assert [by_version[v] for v in as_of] == [
+        (dt.date(2018, 4, 23), dt.date(2018, 4, 29)),
+        (dt.date(2018, 4, 30), dt.date(2018, 5, 1)),
+    ]
+    assert [refs[v].label_cutoff for v in as_of] == [dt.date(2018, 4, 22), dt.date(2018, 4, 29)]
+    assert all(refs[v].as_of and trail[str(v)] == refs[v].label_cutoff for v in as_of)
+    client = open_client(world["mlflow"])
+    for alias in (CHAMPION, CHALLENGER):
+        assert int(version_with_alias(client, "txguard-fraud", alias).version) not in as_of
+    with pytest.raises(RegistryError, match="as-of model"):
+        promote(as_of[0], "by accident", "pytest", tracking_uri=world["mlflow"])
+
+    unscored = [start + dt.timedelta(days=i) for i in range(3)]
+    for day in unscored:
+        assert "before the first out-of-time model" in metadata[day.isoformat()]["unscored_reason"].value
+    assert metadata["2018-04-23"]["trained_on_data_up_to"].value == "2018-04-22"
+    assert metadata["2018-05-02"]["model_role"].value == "champion"
+    assert not read_scores(env.warehouse_path, unscored[0], unscored[-1]).size
+
+    with connect_snapshot(env.snapshot_path) as snapshot:
+        (tid,) = snapshot.execute(
+            "select min(transaction_id) from scoring.transaction_scores where day = '2018-04-23'"
+        ).fetchone()
+        summary = transaction_lineage(snapshot, tid)["summary"]
+    assert "trained on data up to" in summary and "label cutoff 2018-04-22" in summary
+
+    versions = len(client.search_model_versions("name = 'txguard-fraud'"))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_range(start, end, instance).success
+    assert len(client.search_model_versions("name = 'txguard-fraud'")) == versions
 
 
 @pytest.mark.slow

@@ -271,3 +271,22 @@ def test_cli_writes_the_default_landing_zone_and_the_bad_file_catalogue(txguard_
 
     refused = CliRunner().invoke(main, [*args, "--format", "parquet"])
     assert refused.exit_code != 0 and "ambiguous" in refused.output
+
+
+def test_each_terminal_is_drawn_uniformly_among_its_customers_terminals_within_the_radius(small) -> None:
+    """The grid of radius-sized cells agrees with the handbook's all-pairs definition of nearby terminals."""
+    from scipy.stats import kstest
+
+    customers, terminals = small.customers.to_pandas(), small.terminals.to_pandas()
+    gap = customers[["x", "y"]].to_numpy()[:, None, :] - terminals[["x", "y"]].to_numpy()[None, :, :]
+    near = np.hypot(gap[..., 0], gap[..., 1]) < SMALL.radius
+    assert (customers.nb_terminals.to_numpy() == near.sum(axis=1)).all()
+
+    tx = small.transactions.to_pandas()
+    customer, terminal = tx.customer_id.to_numpy(), tx.terminal_id.to_numpy()
+    assert near[customer, terminal].all()
+    assert set(np.unique(customer)) <= set(np.flatnonzero(near.sum(axis=1) > 0))
+    rank = np.cumsum(near, axis=1)[customer, terminal] - 1
+    count = near.sum(axis=1)[customer]
+    spread = (rank + np.random.default_rng(0).random(len(rank))) / count
+    assert kstest(spread, "uniform").pvalue > 0.001

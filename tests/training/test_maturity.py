@@ -75,6 +75,7 @@ def summer() -> pd.DataFrame:
     return handbook_transactions(n_days=56, start=dt.date(2018, 6, 20), seed=11)
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_immature_labels_then_measures_once_the_reports_are_in(
     summer: pd.DataFrame, txguard_home: Path
 ) -> None:

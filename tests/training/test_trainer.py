@@ -9,6 +9,7 @@ and the Spark feature job are tested elsewhere.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from jobs.features.definitions import FEATURE_COLUMNS, FeatureSetMismatch
 from jobs.platform import storage
 from jobs.platform.layout import RAW_FRAUD_REPORTS, TRANSACTION_FEATURES, partition_uri
+from jobs.training.budget import AlertBudget, BudgetError
 from jobs.training.trainer import (
     DAY,
     LABEL,
@@ -129,12 +131,37 @@ def test_threshold_respects_the_daily_card_budget() -> None:
     assert (cards >= np.max(cards[cards < threshold])).sum() / 3 > 100
 
 
+def test_a_share_budget_allows_each_day_its_share_of_that_days_active_cards() -> None:
+    rng = np.random.default_rng(2)
+    customers = np.r_[rng.integers(0, 200, 2000), rng.integers(0, 1000, 4000)]
+    frame = pd.DataFrame({"customer_id": customers, DAY: np.repeat([0, 1], [2000, 4000])})
+    scores = rng.random(6000)
+    budget = AlertBudget.parse("5%")
+    cards = frame.assign(s=scores).groupby([DAY, "customer_id"])["s"].max()
+    active = cards.groupby(level=DAY).size()
+    allowed = budget.cards_on(active[0]) + budget.cards_on(active[1])
+    assert allowed == math.ceil(0.05 * active[0]) + math.ceil(0.05 * active[1])
+    threshold, alerts = choose_threshold(frame, scores, budget)
+    assert (cards >= threshold).sum() <= allowed < (cards >= np.max(cards[cards < threshold])).sum()
+    assert alerts == pytest.approx((cards >= threshold).sum() / 2)
+
+
+@pytest.mark.parametrize("text", ["0", "0%", "101%", "-1", "1.5", "ten", "nan%", ""])
+def test_a_budget_is_a_card_count_or_a_share_and_nothing_else(text: str) -> None:
+    with pytest.raises(BudgetError):
+        AlertBudget.parse(text)
+    assert str(AlertBudget.parse("100")) == "100 cards a day"
+    assert AlertBudget.parse(" 2.5 % ").cards_on(1000) == 25
+
+
 def test_training_on_small_data_learns_and_stays_within_budget(trained, training_set) -> None:
     assert trained.device.device == "cpu"
     assert 0 < trained.best_iteration < trained.params.max_rounds
     assert trained.validation_metrics.average_precision > 0.4
     assert trained.validation_metrics.roc_auc > 0.8
-    assert trained.validation_alerts_per_day <= trained.params.alert_budget
+    assert trained.params.alert_budget == AlertBudget.parse("1%")
+    cards_per_day = training_set.validation.groupby(DAY)["customer_id"].nunique()
+    assert trained.validation_alerts_per_day <= np.ceil(0.01 * cards_per_day).mean()
     holdout = evaluate_holdout(trained.booster, training_set.holdout)
     base_rate = training_set.holdout.frame[LABEL].mean()
     assert holdout.average_precision > 5 * base_rate
