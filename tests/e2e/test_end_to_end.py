@@ -39,19 +39,31 @@ def pipeline_run(module_home: Path):
     return settings, outcome
 
 
-def test_one_range_run_takes_landing_files_to_scores(pipeline_run) -> None:
+def test_one_range_run_takes_landing_files_to_scores_every_one_out_of_time(pipeline_run) -> None:
+    """History is scored by models that never saw it: each scored day is after its model's label cutoff,
+    the days before the first possible model are left unscored, and everything after them is scored."""
+    from jobs.platform.warehouse import connect
+    from jobs.registry.aliases import model_ref
+
     settings, outcome = pipeline_run
     assert outcome.success, (outcome.failed_steps, outcome.failed_checks)
     for asset in ("raw_transactions", "stg_landing__transactions", "transaction_features", "fraud_model"):
         assert asset in outcome.materialized
     assert "transaction_scores" in outcome.materialized
-    from jobs.platform.warehouse import connect
-
     with connect(settings.snapshot_path, read_only=True) as connection:
-        days = connection.execute("select count(distinct day) from scoring.transaction_scores").fetchone()[0]
+        by_version = connection.execute(
+            "select model_version, min(day), max(day) from scoring.transaction_scores group by all"
+        ).fetchall()
+        days = {row[0] for row in connection.execute("select distinct day from scoring.transaction_scores")}
         runs = connection.execute("select distinct dagster_run_id from scoring.transaction_scores").fetchall()
-    assert days == DEMO_DAYS
     assert runs == [(outcome.run_id,)]
+    assert len(by_version) > 1, "history is scored by as-of models, not by one model that saw it all"
+    for version, first, _ in by_version:
+        assert first > model_ref(int(version), tracking_uri=settings.tracking_uri).label_cutoff, version
+    all_days = [DEMO_START + dt.timedelta(days=i) for i in range(DEMO_DAYS)]
+    unscored = [day for day in all_days if day not in days]
+    assert unscored and unscored == all_days[: len(unscored)], "only the days before the first model"
+    assert len(days) == DEMO_DAYS - len(unscored)
 
 
 def test_a_random_scored_rows_lineage_matches_what_the_run_did(pipeline_run) -> None:
@@ -59,9 +71,8 @@ def test_a_random_scored_rows_lineage_matches_what_the_run_did(pipeline_run) -> 
     from jobs.governance.audit import verify_chain
     from jobs.governance.lineage import transaction_lineage
     from jobs.platform.warehouse import connect
-    from jobs.registry.aliases import CHAMPION, resolve_alias
+    from jobs.registry.aliases import model_ref
 
-    champion = resolve_alias(CHAMPION, tracking_uri=settings.tracking_uri)
     with connect(settings.snapshot_path, read_only=True) as connection:
         ids = connection.execute("select transaction_id from scoring.transaction_scores").fetchall()
         chosen = random.Random(0).choice(ids)[0]
@@ -72,10 +83,12 @@ def test_a_random_scored_rows_lineage_matches_what_the_run_did(pipeline_run) -> 
         trail = transaction_lineage(connection, chosen)
         assert verify_chain(connection).ok
 
-    assert (row[0], int(row[1])) == (champion.name, champion.version)
+    scorer = model_ref(int(row[1]), tracking_uri=settings.tracking_uri)
+    assert row[0] == scorer.name
     assert trail["gaps"] == []
-    assert trail["model"]["artifact_sha256"] == champion.artifact_sha256
-    assert trail["training"]["mlflow_run_id"] == champion.run_id
+    assert trail["model"]["artifact_sha256"] == scorer.artifact_sha256
+    assert trail["training"]["mlflow_run_id"] == scorer.run_id
+    assert str(trail["training"]["label_cutoff"]) == str(scorer.label_cutoff)
     gating = {(c["asset"], c["name"]): c for c in trail["gating_checks"] if "asset" in c}
     assert gating, "the scoring record names the checks that gated it"
     assert all(c["passed"] for c in gating.values() if c["severity"] == "ERROR")
