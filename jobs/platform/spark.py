@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from jobs.platform.java import ensure_java_home
-from jobs.platform.settings import DEFAULT_SPARK_DRIVER_MEMORY
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -41,7 +40,7 @@ def spark_session(
     master: str = "local[*]",
     app_name: str = "txguard",
     shuffle_partitions: int = 8,
-    driver_memory: str = DEFAULT_SPARK_DRIVER_MEMORY,
+    driver_memory: str | None = None,
     remote: str | None = None,
 ) -> SparkSession:
     """Get or create the process's Spark session: Arrow on, UTC, quiet logs, small shuffles for small data.
@@ -52,7 +51,9 @@ def spark_session(
     saves the JVM's start, and a scheduled run must not fail because that cache is down. A server that
     accepts and then fails is an error like any other.
 
-    ``driver_memory`` (``Settings.spark_driver_memory``) counts only when this call starts the JVM.
+    ``driver_memory`` (``Settings.spark_driver_memory``, its default when None) counts only when this call
+    starts the JVM. The settings are imported only then, so the CLI can import this module to refuse a bad
+    argument without loading pydantic.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -76,7 +77,7 @@ def spark_session(
     spark = (
         builder.config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", driver_memory)
+        .config("spark.driver.memory", driver_memory or _default_driver_memory())
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
@@ -121,6 +122,12 @@ def default_parallelism(spark: SparkSession) -> int:
         return int(configured)
     local = re.fullmatch(r"local\[(\d+)(?:,\d+)?\]", spark.conf.get("spark.master", None) or "")
     return int(local.group(1)) if local else os.cpu_count() or 1
+
+
+def _default_driver_memory() -> str:
+    from jobs.platform.settings import DEFAULT_SPARK_DRIVER_MEMORY
+
+    return DEFAULT_SPARK_DRIVER_MEMORY
 
 
 def connect_server_command(master: str, host: str, port: int, driver_memory: str) -> list[str]:

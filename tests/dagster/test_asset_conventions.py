@@ -140,7 +140,8 @@ def test_the_gx_check_links_its_data_docs(txguard_home: Path) -> None:
 @pytest.fixture(scope="module")
 def world(handbook_lake: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """One run that trains, promotes and scores the lake's last two days, as ``daily_pipeline`` does: the run
-    exists before the model version it scores with. Its result, scores and run creation time."""
+    exists before the model version it scores with. The new champion's labels cover those days, so an as-of
+    model scores them, out of time. Its result, scores and run creation time."""
     from jobs.platform.settings import load_settings
     from jobs.training.trainer import feature_days
     from orchestration.defs.training import fraud_model, model_promotion
@@ -217,7 +218,10 @@ def test_scores_carry_the_standard_table_metadata_a_preview_links_and_checks(wor
         for m in result.asset_materializations_for_node("transaction_scores")
     }
     assert set(metadata) == {first, last}
-    version = int(world["trained"]["model_version"].value)
+    from jobs.registry.aliases import model_ref
+
+    (version,) = {int(v) for v in scores["model_version"]}
+    scorer = model_ref(version, tracking_uri=world["mlflow"])
     alerts = 0
     for day, values in metadata.items():
         rows = scores[scores["day"] == day]
@@ -240,7 +244,7 @@ def test_scores_carry_the_standard_table_metadata_a_preview_links_and_checks(wor
             assert preview.value == "No alert this day."
         assert values["run_rows"].value == len(scores) and values["run_days"].value == 2
         assert values["model_version"].value == version
-        assert values["mlflow_run"].value == f"{MLFLOW_UI}/#/runs/{world['trained']['mlflow_run_id'].value}"
+        assert values["mlflow_run"].value == f"{MLFLOW_UI}/#/runs/{scorer.run_id}"
         assert (
             values["mlflow_model_version"].value == f"{MLFLOW_UI}/#/models/txguard-fraud/versions/{version}"
         )

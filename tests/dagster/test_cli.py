@@ -269,8 +269,10 @@ def test_report_model_prints_no_library_progress_bars(txguard_home: Path, tmp_pa
 
 
 def tampered_champion(tracking_uri: str, artifacts: Path) -> str:
-    """A registered @champion whose model file changed after registration; returns the registered SHA-256."""
-    from jobs.registry.aliases import CHAMPION, TAG_FEATURE_SET, TAG_SHA256, TAG_THRESHOLD
+    """A registered @champion whose model file changed after registration; returns the registered SHA-256.
+
+    Its labels end the day before ``FIRST_DAY``, so it is the model that may score that day."""
+    from jobs.registry.aliases import CHAMPION, TAG_FEATURE_SET, TAG_LABEL_CUTOFF, TAG_SHA256, TAG_THRESHOLD
     from jobs.registry.client import MODEL_NAME, open_client
 
     client = open_client(tracking_uri)
@@ -288,7 +290,12 @@ def tampered_champion(tracking_uri: str, artifacts: Path) -> str:
         MODEL_NAME,
         f"{run.info.artifact_uri}/model",
         run_id=run.info.run_id,
-        tags={TAG_SHA256: registered, TAG_THRESHOLD: "0.5", TAG_FEATURE_SET: "fs-0123456789ab"},
+        tags={
+            TAG_SHA256: registered,
+            TAG_THRESHOLD: "0.5",
+            TAG_FEATURE_SET: "fs-0123456789ab",
+            TAG_LABEL_CUTOFF: (FIRST_DAY - dt.timedelta(days=1)).isoformat(),
+        },
     )
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
     stored = next(artifacts.rglob("model.lgb"))
@@ -300,8 +307,14 @@ def tampered_champion(tracking_uri: str, artifacts: Path) -> str:
 def test_a_tampered_model_fails_the_run_in_two_lines_with_the_fix_and_a_bar_on_a_terminal(
     txguard_home: Path,
 ) -> None:
+    from tests.support import handbook_features, handbook_transactions, write_feature_partition
+
     settings = load_settings()
     registered = tampered_champion(settings.tracking_uri, txguard_home / "mlflow" / "artifacts")
+    features = handbook_features(
+        handbook_transactions(n_customers=20, n_terminals=40, n_days=1, start=FIRST_DAY)
+    )
+    write_feature_partition(settings.lake, features, FIRST_DAY)
     finished = txguard_on_a_terminal("rescore", "--from", "2018-04-01", "--to", "2018-04-01")
     assert finished.code == 1, finished.output
     assert "Traceback" not in finished.output
