@@ -72,11 +72,8 @@ def checked_range(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=k) for k in range((end - start).days + 1)]
 
 
-def require_landing_files(landing: str, days: list[dt.date]) -> None:
-    """Refuse a range with a day that has no transactions file: ingestion would fail on it mid-run.
-
-    One listing of the landing folder, not one request per day.
-    """
+def landed_days(landing: str) -> list[dt.date]:
+    """The days that have a transactions file in the landing zone, in order: one listing of the folder."""
     from jobs.ingest.landing import BadLandingName, list_landing, parse_landing_name
 
     landed = set()
@@ -85,6 +82,15 @@ def require_landing_files(landing: str, days: list[dt.date]) -> None:
             landed.add(parse_landing_name(file.name))
         except BadLandingName:
             continue
+    return sorted(landed)
+
+
+def require_landing_files(landing: str, days: list[dt.date]) -> None:
+    """Refuse a range with a day that has no transactions file: ingestion would fail on it mid-run.
+
+    One listing of the landing folder, not one request per day.
+    """
+    landed = set(landed_days(landing))
     missing = [day for day in days if day not in landed]
     if missing:
         which = f"{missing[0]}" if len(missing) == 1 else f"{len(missing)} of its days, first {missing[0]}"

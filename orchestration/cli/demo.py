@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from orchestration.cli.arguments import PARTITION_DAY, refuse
+from orchestration.cli.arguments import PARTITION_DAY, landed_days, refuse
 from orchestration.cli.pipeline import prepared_settings, run_range_or_exit
 
 DEMO_CUSTOMERS = 1_000
@@ -23,19 +23,6 @@ DEMO_DAYS = 75
 def demo_window(days: int, last: dt.date) -> tuple[dt.date, dt.date]:
     """The first and last of ``days`` days that end on ``last``."""
     return last - dt.timedelta(days=days - 1), last
-
-
-def landed_days(landing: str) -> list[dt.date]:
-    """The days that have a transactions file in the landing zone, in order."""
-    from jobs.ingest.landing import BadLandingName, list_landing, parse_landing_name
-
-    landed = set()
-    for file in list_landing(landing, ["transactions"]):
-        try:
-            landed.add(parse_landing_name(file.name))
-        except BadLandingName:
-            continue
-    return sorted(landed)
 
 
 @click.command()

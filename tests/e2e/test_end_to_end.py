@@ -54,7 +54,10 @@ def test_one_range_run_takes_landing_files_to_scores_every_one_out_of_time(pipel
         by_version = connection.execute(
             "select model_version, min(day), max(day) from scoring.transaction_scores group by all"
         ).fetchall()
-        days = {row[0] for row in connection.execute("select distinct day from scoring.transaction_scores")}
+        days = {
+            row[0]
+            for row in connection.execute("select distinct day from scoring.transaction_scores").fetchall()
+        }
         runs = connection.execute("select distinct dagster_run_id from scoring.transaction_scores").fetchall()
     assert runs == [(outcome.run_id,)]
     assert len(by_version) > 1, "history is scored by as-of models, not by one model that saw it all"
