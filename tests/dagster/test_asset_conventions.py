@@ -107,6 +107,7 @@ def test_the_mlflow_ui_url_is_a_setting(txguard_home: Path, monkeypatch: pytest.
 # --- the Great Expectations Data Docs link ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_gx_check_links_its_data_docs(txguard_home: Path) -> None:
     from orchestration.defs import transform
 

@@ -115,6 +115,7 @@ def test_the_asset_graph_maps_sources_groups_pools_and_blocking() -> None:
     assert {spec.asset_key.to_user_string() for spec in transform.gx_staged_suites.check_specs} == STAGING
 
 
+@pytest.mark.slow
 def test_a_window_builds_every_model_with_checks_metadata_and_a_snapshot(txguard_home: Path) -> None:
     first_day = write_day("2018-04-01")
     write_day("2018-04-02", reported=[first_day[3]["transaction_id"]])
@@ -145,6 +146,7 @@ def test_a_window_builds_every_model_with_checks_metadata_and_a_snapshot(txguard
     assert (txguard_home / "gx" / "data_docs" / "index.html").is_file()
 
 
+@pytest.mark.slow
 def test_a_failing_suite_stops_the_marts_and_everything_below(txguard_home: Path) -> None:
     rows = write_day("2018-04-05")
     rows[2]["tx_amount"] = 75_000.0
@@ -160,6 +162,7 @@ def test_a_failing_suite_stops_the_marts_and_everything_below(txguard_home: Path
     assert set(materialized(result)) == STAGING
 
 
+@pytest.mark.slow
 def test_a_failing_error_test_stops_the_suites_marts_and_everything_below(txguard_home: Path) -> None:
     rows = write_day("2018-04-06")
     for row in rows[:3]:

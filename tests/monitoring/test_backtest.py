@@ -14,6 +14,9 @@ from jobs.platform.settings import load_settings
 from orchestration.cli import main
 from tests.support import score_around_cutoff
 
+pytestmark = pytest.mark.slow
+"""The module trains a model and scores two weeks: out of ``make test-fast``."""
+
 
 @pytest.fixture(scope="module")
 def scored(module_home: Path, handbook_lake: str) -> Iterator[dict[str, object]]:

@@ -64,6 +64,7 @@ def as_state(rows: list[list]) -> dict[dt.date, int]:
     return {dt.date.fromisoformat(day): count for day, count in rows}
 
 
+@pytest.mark.slow
 def test_an_analyst_querying_in_a_loop_sees_whole_partitions_while_runs_write(tmp_path: Path) -> None:
     warehouse, snapshot = tmp_path / "txguard.duckdb", tmp_path / "txguard_snapshot.duckdb"
     write_state(warehouse, OLD, "run-0")

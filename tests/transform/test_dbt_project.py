@@ -31,6 +31,9 @@ from jobs.transform.dbt_windows import (
 )
 from tests.support import report_rows, transaction_rows, write_raw_partition
 
+pytestmark = pytest.mark.slow
+"""Each test runs the dbt CLI (a process and a parse) on a real warehouse: out of ``make test-fast``."""
+
 DBT = str(Path(sys.executable).with_name("dbt"))
 PROJECT = REPO_ROOT / "dbt_project"
 HOSTILE_KEY = "2018-04-01' OR '1'='1"

@@ -7,11 +7,16 @@ transaction, top-100 cut, ranking) is checked against an independent statement o
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 from jobs.platform.settings import load_settings
 from jobs.platform.warehouse import connect
 from orchestration.defs import transform
 from orchestration.partitions import WAREHOUSE_POOL
 from tests.support import materialize
+
+pytestmark = pytest.mark.slow
+"""Two dbt builds through Dagster: out of ``make test-fast``."""
 
 DAYS = (dt.date(2018, 4, 1), dt.date(2018, 4, 2))
 CARDS_ON_FIRST_DAY = 105  # more than the 100 alerted, so the cut is exercised
