@@ -72,8 +72,8 @@ def debug_requested() -> bool:
     default=warm_spark.DEFAULT_CONNECT_PORT,
     show_default=True,
     type=warm_spark.PORT,
-    help="port of the warm Spark Connect server started for the feature builds (none is started when "
-    "TXGUARD_SPARK_REMOTE names one, or with --read-only)",
+    help="port of the warm Spark Connect server started for the feature builds (none is started when the "
+    "settings name one, or with --read-only)",
 )
 def ui(host: str, port: int, read_only: bool, spark_port: int) -> None:
     """Start the Dagster web UI (and the daemon that runs schedules and sensors, with a warm Spark).
@@ -81,12 +81,12 @@ def ui(host: str, port: int, read_only: bool, spark_port: int) -> None:
     The Spark Connect server is bound to die with this command, and its URL is in the environment that
     ``dagster dev`` passes to the code location, so every run's feature job connects to it.
     """
-    from jobs.platform.settings import REPO_ROOT, load_settings, variable
+    from jobs.platform.settings import REPO_ROOT, variable
 
-    start_spark = not read_only and not load_settings().spark_remote
+    settings = prepared_settings()
+    start_spark = not read_only and not settings.spark_remote
     if start_spark:
         warm_spark.require_free_port("127.0.0.1", spark_port, "--spark-port")
-    settings = prepared_settings()
     workspace = str(REPO_ROOT / "workspace.yaml")
     if read_only:
         argv = ["dagster-webserver", "-w", workspace, "-h", host, "-p", str(port), "--read-only"]
