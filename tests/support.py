@@ -26,6 +26,7 @@ import pytest
 from jobs.features.definitions import FEATURE_COLUMNS, FEATURE_SET_VERSION, amount_ratio
 from jobs.governance import audit
 from jobs.platform import storage
+from jobs.platform.catalog import publish
 from jobs.platform.layout import (
     RAW_FRAUD_REPORTS,
     RAW_TRANSACTIONS,
@@ -34,7 +35,7 @@ from jobs.platform.layout import (
     partition_uri,
 )
 from jobs.platform.settings import Settings
-from jobs.platform.warehouse import connect, publish_snapshot
+from jobs.platform.warehouse import connect
 from jobs.testing.reference_features import add_recent_reports
 from jobs.training.trainer import (
     TrainedModel,
@@ -681,7 +682,7 @@ def version_with_plots(settings: Settings, root: Path, plots: Sequence[str]) -> 
     client.set_terminated(run_id)
     with connect(settings.warehouse_path) as live:
         _register(live, "3", run_id, f"runs:/{run_id}/model", "e" * 64, "run-train-3")
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return run_id
 
 
@@ -723,7 +724,7 @@ def build_scored_world(
     }
     created = dt.datetime(2018, 8, 1, 6, tzinfo=dt.UTC)
     score_days(settings, days, champion, booster, run_id="run-scoring", run_created_at=created, checks=[gate])
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return {"champion": champion, "booster": booster, "training": run, "days": list(days)}
 
 
@@ -734,7 +735,7 @@ CUTOFF_OFFSET_DAYS = 35
 def score_around_cutoff(settings: Settings) -> dict[str, object]:
     """A model whose labels end at the cutoff scores the cutoff day, the day before and the two ISO weeks
     after it; everything is recorded as the pipeline records it and the snapshot is published."""
-    from jobs.platform.warehouse import publish_snapshot
+    from jobs.platform.catalog import publish
     from jobs.registry.client import open_client
     from jobs.registry.decision_records import record_training
     from jobs.registry.tracking import load_verified_booster, log_training_run
@@ -756,5 +757,5 @@ def score_around_cutoff(settings: Settings) -> dict[str, object]:
     booster = load_verified_booster(run.ref, tracking_uri=settings.tracking_uri)
     created = dt.datetime(2018, 6, 1, tzinfo=dt.UTC)
     score_days(settings, days, run.ref, booster, run_id="run-scoring", run_created_at=created)
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return {"cutoff": cutoff, "start": days[0], "end": days[-1]}

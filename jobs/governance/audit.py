@@ -881,7 +881,8 @@ def record_monitoring(
 ) -> list[AuditRecord]:
     """Append a monitor's results to the live warehouse's chain in one transaction, keep the new head in
     MLflow and republish the snapshot, so that lineage and model reports see them at once."""
-    from jobs.platform.warehouse import connect, publish_snapshot
+    from jobs.platform.catalog import publish
+    from jobs.platform.warehouse import connect
 
     if not entries:
         return []
@@ -897,7 +898,7 @@ def record_monitoring(
             connection.execute("rollback")
             raise
         connection.execute("commit")
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings, days=())
     return written
 
 

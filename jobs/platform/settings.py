@@ -270,8 +270,13 @@ class Settings(BaseSettings):
         return self.warehouse or self.home / "warehouse" / "txguard.duckdb"
 
     @cached_property
+    def lake_tables(self) -> str:
+        """Where the warehouse's tables are published as day-partitioned Parquet for analysts and Spark."""
+        return f"{self.lake.rstrip('/')}/tables"
+
+    @cached_property
     def snapshot_path(self) -> Path:
-        """The analysts' read-only copy, published atomically after each warehouse write."""
+        """The analysts' read-only catalog over ``lake_tables``, published after each warehouse write."""
         return self.warehouse_path.with_name("txguard_snapshot.duckdb")
 
     @cached_property

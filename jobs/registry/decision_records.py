@@ -11,8 +11,9 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from jobs.governance import audit
+from jobs.platform.catalog import publish
 from jobs.platform.settings import Settings
-from jobs.platform.warehouse import connect, publish_snapshot
+from jobs.platform.warehouse import connect
 from jobs.registry.aliases import AS_OF
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def record_training(
         audit.anchored(connection, audit.MlflowHeads.of(settings), "training", dagster_run_id),
     ):
         records = [audit.record(connection, entry) for entry in entries]
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings, days=())
     return records
 
 
@@ -94,5 +95,5 @@ def record_decision(
         ),
     ):
         written = audit.record(connection, entry)
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings, days=())
     return written

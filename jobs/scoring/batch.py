@@ -345,9 +345,11 @@ def top_alerts(scores: pd.DataFrame, limit: int = PREVIEW_ALERTS) -> pd.DataFram
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m jobs.scoring.batch --from D --to D``: score out of time outside Dagster (ops, debug)."""
+    from jobs.platform.catalog import publish
+    from jobs.platform.layout import SCORES_TABLE
     from jobs.platform.settings import load_settings
-    from jobs.platform.warehouse import publish_snapshot
     from jobs.registry.aliases import CHAMPION, resolve_alias
+    from jobs.scoring.store import PARTITIONS_TABLE
 
     parser = argparse.ArgumentParser(prog="python -m jobs.scoring.batch", description=__doc__)
     parser.add_argument("--from", dest="start", required=True, type=parse_day)
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     for day, reason in done.unscored.items():
         print(f"{day}: not scored, {reason}")
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings, days, relations=(SCORES_TABLE, PARTITIONS_TABLE))
     print(f"snapshot published at {settings.snapshot_path}")
     return 0
 

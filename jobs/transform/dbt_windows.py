@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.features.definitions import TERMINAL_DELAY_DAYS
 from jobs.platform.layout import parse_day
 
 _UNSAFE_ROOT = re.compile(r"['\"\\\x00-\x1f]")
@@ -39,6 +40,13 @@ class PartitionWindow:
 
     def __str__(self) -> str:
         return f"{self.start.isoformat()}..{self.last.isoformat()}"
+
+
+def rebuilt_days(window: PartitionWindow, lookback_days: int = TERMINAL_DELAY_DAYS) -> list[dt.date]:
+    """The days a dbt build of ``window`` may rewrite: the window, and the days before it that the
+    incremental models look back over for late labels (their ``lookback_days``, the label delay)."""
+    first = window.start - dt.timedelta(days=lookback_days)
+    return [first + dt.timedelta(days=i) for i in range((window.end - first).days)]
 
 
 def window_from_keys(first_key: str, last_key: str) -> PartitionWindow:

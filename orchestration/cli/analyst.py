@@ -47,8 +47,8 @@ def sql(query: str, fmt: str, max_rows: int) -> None:
     """
     import duckdb
 
+    from jobs.platform.catalog import connect_snapshot, refuse_file_writes
     from jobs.platform.settings import load_settings
-    from jobs.platform.warehouse import connect_snapshot
 
     if query == "-":
         query = click.get_text_stream("stdin").read()
@@ -57,9 +57,10 @@ def sql(query: str, fmt: str, max_rows: int) -> None:
     snapshot = load_settings().snapshot_path
     try:
         with connect_snapshot(snapshot) as connection:
+            refuse_file_writes(connection, query)
             result = connection.sql(query)
             frame = result.df() if result is not None else None
-    except FileNotFoundError as error:
+    except (FileNotFoundError, PermissionError) as error:
         raise click.ClickException(str(error)) from None
     except duckdb.Error as error:
         raise click.ClickException(f"query failed on the read-only snapshot {snapshot}: {error}") from None

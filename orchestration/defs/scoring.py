@@ -265,10 +265,10 @@ def scores_checks(
 def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSettings) -> dg.MaterializeResult:
     import time
 
-    from jobs.platform.warehouse import publish_snapshot
+    from jobs.platform.catalog import publish
     from jobs.registry.tracking import RunOrigin
     from jobs.scoring.batch import score_out_of_time
-    from jobs.scoring.store import read_partition_facts
+    from jobs.scoring.store import PARTITIONS_TABLE, read_partition_facts
 
     loaded = settings.load()
     started = time.perf_counter()
@@ -297,7 +297,7 @@ def transaction_scores(context: dg.AssetExecutionContext, settings: TxguardSetti
     if blocked:
         context.log.error(f"snapshot not published: {', '.join(blocked)} failed")
     else:
-        publish_snapshot(loaded.warehouse_path, loaded.snapshot_path)
+        publish(loaded, [parse_day(k) for k in keys], relations=(SCORES_TABLE, PARTITIONS_TABLE))
     for model, scored_days in done.scored:
         for scored in scored_days:
             context.add_asset_metadata(

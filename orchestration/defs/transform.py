@@ -37,14 +37,16 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from jobs.platform.catalog import publish
 from jobs.platform.layout import parse_day
 from jobs.platform.settings import REPO_ROOT, Settings
-from jobs.platform.warehouse import connect, publish_snapshot, rows_per_day, table_rows
+from jobs.platform.warehouse import connect, rows_per_day, table_rows
 from jobs.transform.dbt_windows import (
     PartitionWindow,
     dbt_environment,
     dbt_target,
     dbt_vars,
+    rebuilt_days,
     window_from_keys,
 )
 from orchestration.defs.conventions import DATA_PLATFORM, ROW_COUNT
@@ -279,7 +281,7 @@ def build_window(context: dg.AssetExecutionContext, dbt: DbtCliResource, setting
     if failure is not None:
         raise failure
     shutil.rmtree(target, ignore_errors=True)  # a failed build keeps its dbt.log and compiled SQL
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings, rebuilt_days(window))
     context.log.info(f"dbt built {window}; snapshot published at {settings.snapshot_path}")
 
 

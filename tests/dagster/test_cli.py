@@ -228,13 +228,14 @@ def test_version_names_the_package_and_the_commit() -> None:
 
 
 def test_sql_reads_the_query_from_stdin(txguard_home: Path) -> None:
-    from jobs.platform.warehouse import connect, publish_snapshot
+    from jobs.platform.catalog import publish
+    from jobs.platform.warehouse import connect
 
     settings = load_settings()
     with connect(settings.warehouse_path) as live:
         live.execute("create schema scoring")
         live.execute("create table scoring.transaction_scores as select * from range(3) t(transaction_id)")
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
 
     query = (
         "select count(*) as scored,\n       max(transaction_id) as last\nfrom scoring.transaction_scores\n"

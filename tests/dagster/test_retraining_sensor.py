@@ -90,8 +90,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from jobs.features.definitions import FEATURE_SET_VERSION
     from jobs.monitoring.monitors import build_reference, reference_uri
     from jobs.platform import storage
+    from jobs.platform.catalog import publish
     from jobs.platform.settings import load_settings
-    from jobs.platform.warehouse import publish_snapshot
     from jobs.registry.aliases import ModelRef
     from jobs.registry.client import MODEL_NAME
     from jobs.scoring.batch import score_days
@@ -115,7 +115,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     scored = [first_calm + dt.timedelta(days=i) for i in range((DRIFT_FROM - first_calm).days + 1)]
     now = dt.datetime.now(dt.UTC)
     score_days(settings, scored, model, booster, run_id="world", run_created_at=now, explain="none")
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return {"lake": str(lake), "warehouse": str(warehouse)}
 
 

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from jobs.governance import audit
+from jobs.platform.catalog import publish
 from jobs.platform.settings import REPO_ROOT, Settings, load_settings
-from jobs.platform.warehouse import connect, publish_snapshot
+from jobs.platform.warehouse import connect
 
 FORGE_HASH = (
     "sha256(prev_hash || chr(10) || CAST(seq AS VARCHAR) || chr(10) || kind || chr(10)"
@@ -497,7 +498,7 @@ def live(txguard_home: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("TXGUARD_MLFLOW_URI", tracking_uri)
     settings = load_settings()
     write_anchored_chain(settings.warehouse_path, audit.MlflowHeads.of(settings))
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return settings
 
 

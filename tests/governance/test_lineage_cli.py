@@ -20,9 +20,10 @@ from click.testing import CliRunner, Result
 from jobs.features.definitions import FEATURE_COLUMNS
 from jobs.governance import audit
 from jobs.platform import storage
+from jobs.platform.catalog import publish
 from jobs.platform.layout import TRANSACTION_FEATURES, partition_uri
 from jobs.platform.settings import Settings, load_settings
-from jobs.platform.warehouse import connect, publish_snapshot
+from jobs.platform.warehouse import connect
 from orchestration.cli import lineage as lineage_cli
 from tests.support import (
     LINEAGE_MODEL,
@@ -60,7 +61,7 @@ def fails_cleanly(result: Result, message: str) -> None:
 def published(txguard_home: Path) -> dict:
     settings = load_settings()
     truth = build_lineage_warehouse(settings.warehouse_path)
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return truth
 
 
@@ -187,7 +188,7 @@ def test_answers_come_from_the_last_published_state_while_a_run_holds_the_wareho
     finally:
         writer.kill()
         writer.wait()
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     assert invoke("lineage", "partition", "2018-04-05").exit_code == 0
 
 

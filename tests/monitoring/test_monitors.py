@@ -241,7 +241,7 @@ def build_world(
     root: Path, tx: pd.DataFrame, window: TrainingWindow, scored_days: list[dt.date]
 ) -> dict[str, object]:
     """``tx`` in a lake, a champion trained on ``window`` in a real MLflow store, ``scored_days`` scored."""
-    from jobs.platform.warehouse import publish_snapshot
+    from jobs.platform.catalog import publish
     from jobs.registry.aliases import CHAMPION, resolve_alias
     from jobs.registry.client import open_client
     from jobs.registry.promotion import promote
@@ -266,7 +266,7 @@ def build_world(
     score_days(
         settings, scored_days, champion, booster, run_id="world", run_created_at=scored_at, explain="none"
     )
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return {
         "tx": tx,
         "lake": str(lake),

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from jobs.platform.catalog import publish, publish_snapshot
 from jobs.platform.settings import REPO_ROOT, load_settings
-from jobs.platform.warehouse import connect, publish_snapshot
+from jobs.platform.warehouse import connect
 from jobs.scoring.store import write_scores
 from orchestration.cli.analyst import sql
 from tests.support import scores_for
@@ -31,7 +32,7 @@ NEW = {DAY: 650, OTHER: 90}
 ANALYST = r"""
 import json, sys, duckdb
 from pathlib import Path
-from jobs.platform.warehouse import connect_snapshot
+from jobs.platform.catalog import connect_snapshot
 
 mode, snapshot, ready, stop = sys.argv[1], *(Path(p) for p in sys.argv[2:5])
 query = "select strftime(day, '%Y-%m-%d'), count(*) from scoring.transaction_scores group by 1 order by 1"
@@ -68,7 +69,7 @@ def as_state(rows: list[list]) -> dict[dt.date, int]:
 def test_an_analyst_querying_in_a_loop_sees_whole_partitions_while_runs_write(tmp_path: Path) -> None:
     warehouse, snapshot = tmp_path / "txguard.duckdb", tmp_path / "txguard_snapshot.duckdb"
     write_state(warehouse, OLD, "run-0")
-    publish_snapshot(warehouse, snapshot)
+    publish_snapshot(warehouse, snapshot, tables=str(tmp_path / "tables"))
     stop = tmp_path / "stop"
     analysts = {
         mode: subprocess.Popen(
@@ -91,7 +92,7 @@ def test_an_analyst_querying_in_a_loop_sees_whole_partitions_while_runs_write(tm
             state = NEW if cycle % 2 else OLD
             for day, rows in state.items():
                 write_scores(warehouse, day, scores_for(day, rows, f"run-{cycle}", seed=rows))
-                publish_snapshot(warehouse, snapshot)
+                publish_snapshot(warehouse, snapshot, tables=str(tmp_path / "tables"), days=[day])
     finally:
         stop.touch()
         outputs = {mode: process.communicate(timeout=60) for mode, process in analysts.items()}
@@ -112,7 +113,7 @@ def test_an_analyst_querying_in_a_loop_sees_whole_partitions_while_runs_write(tm
 def test_the_plain_duckdb_call_is_not_blocked_by_a_writer_holding_the_warehouse(tmp_path: Path) -> None:
     warehouse, snapshot = tmp_path / "txguard.duckdb", tmp_path / "txguard_snapshot.duckdb"
     write_state(warehouse, OLD, "run-0")
-    publish_snapshot(warehouse, snapshot)
+    publish_snapshot(warehouse, snapshot, tables=str(tmp_path / "tables"))
     readme_call = (
         "import duckdb, sys;"
         "con = duckdb.connect(sys.argv[1], read_only=True);"
@@ -135,7 +136,7 @@ def test_the_plain_duckdb_call_is_not_blocked_by_a_writer_holding_the_warehouse(
 def published(txguard_home: Path) -> Path:
     settings = load_settings()
     write_state(settings.warehouse_path, OLD, "run-0")
-    publish_snapshot(settings.warehouse_path, settings.snapshot_path)
+    publish(settings)
     return settings.snapshot_path
 
 

@@ -269,7 +269,7 @@ def test_a_backfill_keeps_the_first_version_when_the_alias_moves_then_rescore_us
     world, env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import jobs.scoring.batch
-    from jobs.platform.warehouse import connect_snapshot
+    from jobs.platform.catalog import connect_snapshot
     from jobs.registry.aliases import CHAMPION, resolve_alias
     from jobs.registry.promotion import promote
     from orchestration.cli import analyst
@@ -339,7 +339,8 @@ def test_a_range_over_history_is_scored_out_of_time_by_as_of_models_never_champi
     possible model, the weeks after the Sundays 04-22 and 04-29 are scored by their as-of models, and only
     05-02..05-04 by the champion. No row is scored by a model whose labels reach its day."""
     from jobs.governance.lineage import transaction_lineage
-    from jobs.platform.warehouse import connect, connect_snapshot
+    from jobs.platform.catalog import connect_snapshot
+    from jobs.platform.warehouse import connect
     from jobs.registry.aliases import CHALLENGER, CHAMPION, model_ref, version_with_alias
     from jobs.registry.client import RegistryError, open_client
     from jobs.registry.promotion import promote
