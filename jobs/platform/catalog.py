@@ -98,6 +98,7 @@ def publish_snapshot(
     wanted = None if days is None else sorted(set(days))
     with connect(warehouse) as connection:
         connection.execute(_DDL)
+        _register_filesystem(connection, tables)
         found = _tables(connection)
         written = retired = 0
         for table in found:
@@ -265,6 +266,12 @@ def _new_catalog(connection: duckdb.DuckDBPyConnection, snapshot: Path, found: l
     return path
 
 
+def _register_filesystem(connection: duckdb.DuckDBPyConnection, uri: str) -> None:
+    """Let DuckDB read an ``s3://`` lake through s3fs (its own S3 extension is never downloaded here)."""
+    if uri.startswith("s3://"):
+        connection.register_filesystem(filesystem(uri)[0])
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -318,10 +325,8 @@ def connect_snapshot(snapshot: Path) -> duckdb.DuckDBPyConnection:
     config = {"autoinstall_known_extensions": False, "TimeZone": "UTC"}
     connection = open_with_backoff(snapshot.resolve(), True, config, LOCK_WAIT_SECONDS)
     uris = [uri for (uri,) in connection.execute(f"select uri from {FILES_TABLE}").fetchall()]
-    for uri in uris:
-        if uri.startswith("s3://"):
-            connection.register_filesystem(filesystem(uri)[0])
-            break
+    if uris:
+        _register_filesystem(connection, uris[0])
     connection.execute("set allowed_paths = ?", [uris])
     connection.execute("set enable_external_access = false")
     connection.execute("set lock_configuration = true")

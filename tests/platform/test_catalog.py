@@ -156,3 +156,19 @@ def test_an_analyst_can_read_only_the_catalogs_files_and_write_none(home: Settin
     assert elsewhere.exit_code == 1 and "disabled by configuration" in elsewhere.output
     direct = runner.invoke(sql, [f"select count(*) from '{uri}'"])
     assert direct.exit_code == 0 and str(ROWS[DAYS[0]]) in direct.output
+
+
+def test_an_s3_lake_holds_the_tables_and_txguard_sql_reads_them(
+    moto_s3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scaled out by configuration: with the lake on S3 (a real S3 API), the day files go there through s3fs,
+    and the analysts' connection reads them through the same filesystem."""
+    moto_s3.create_bucket(Bucket="txguard")
+    monkeypatch.setenv("TXGUARD_LAKE_ROOT", "s3://txguard/lake")
+    settings = load_settings()
+    for day, rows in ROWS.items():
+        write_scores(settings.warehouse_path, day, scores_for(day, rows, "run-1", seed=rows))
+    publish(settings)
+    keys = [o["Key"] for o in moto_s3.list_objects_v2(Bucket="txguard", Prefix="lake/tables/")["Contents"]]
+    assert len([k for k in keys if k.startswith(f"lake/tables/{SCORES_TABLE}/")]) == len(DAYS)
+    assert snapshot_answer(settings, PER_DAY) == warehouse_answer(settings, PER_DAY)
