@@ -78,6 +78,8 @@ class Publication:
 class _Table:
     relation: str
     day_column: str | None
+    has_transaction_id: bool
+    """Rows are then written in transaction order, so a day's file is the same on a re-export."""
 
 
 def publish_snapshot(
@@ -126,7 +128,7 @@ def _tables(connection: duckdb.DuckDBPyConnection) -> list[_Table]:
     rows = connection.execute(
         """
         select t.table_schema, t.table_name, list(c.column_name order by c.ordinal_position)
-            filter (where c.data_type = 'DATE')
+            filter (where c.data_type = 'DATE'), bool_or(c.column_name = 'transaction_id')
         from information_schema.tables t
         join information_schema.columns c using (table_catalog, table_schema, table_name)
         where t.table_type = 'BASE TABLE' and t.table_catalog = current_database()
@@ -137,9 +139,9 @@ def _tables(connection: duckdb.DuckDBPyConnection) -> list[_Table]:
         [list(_PRIVATE_SCHEMAS)],
     ).fetchall()
     tables = []
-    for schema, name, dates in rows:
+    for schema, name, dates, has_transaction_id in rows:
         day_column = next((c for c in DAY_COLUMNS if c in (dates or [])), None)
-        tables.append(_Table(f"{schema}.{name}", day_column))
+        tables.append(_Table(f"{schema}.{name}", day_column, bool(has_transaction_id)))
     return tables
 
 
@@ -149,7 +151,13 @@ def _export(
     """Write a new file for each given day whose rows differ from its published file, and retire the files
     of replaced days and of days that no longer have rows. Returns (files written, files retired)."""
     relation, column = quoted_relation(table.relation), quoted_relation(str(table.day_column))
-    if not _has_files(connection, table.relation):
+    published = {
+        day: (uri, (int(rows), int(fingerprint)))
+        for day, uri, rows, fingerprint in connection.execute(
+            f"select day, uri, row_count, fingerprint from {_MANIFEST} where relation = ?", [table.relation]
+        ).fetchall()
+    }
+    if not published:  # never published: a new table, or the first publication of a home made before the lake
         days = None
     scope = "" if days is None else f"where {column} in (select unnest(?::date[]))"
     current: dict[dt.date, tuple[int, int] | None] = dict.fromkeys(days or [])
@@ -160,16 +168,10 @@ def _export(
             [] if days is None else [days],
         ).fetchall()
     )
-    published = {
-        day: (uri, (int(rows), int(fingerprint)))
-        for day, uri, rows, fingerprint in connection.execute(
-            f"select day, uri, row_count, fingerprint from {_MANIFEST} where relation = ?", [table.relation]
-        ).fetchall()
-        if days is None or day in current
-    }
-    current.update(dict.fromkeys(set(published) - set(current)))
+    if days is None:
+        current.update(dict.fromkeys(set(published) - set(current)))
     now = dt.datetime.now(dt.UTC)
-    order = "order by transaction_id" if _has_column(connection, table.relation, "transaction_id") else ""
+    order = "order by transaction_id" if table.has_transaction_id else ""
     written: list[tuple[object, ...]] = []
     replaced: list[dt.date] = []
     retired: list[tuple[str, dt.datetime]] = []
@@ -181,11 +183,12 @@ def _export(
             replaced.append(day)
             retired.append((uri, now))
         if facts is not None:
-            name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-            uri = join(tables, table.relation, day.isoformat(), name)
+            uri = join(tables, table.relation, day.isoformat(), f"{_version()}.parquet")
             query = f"select * from {relation} where {column} = ? {order}"
             write_parquet_atomic(connection.sql(query, params=[day]).to_arrow_table(), uri)
             written.append((table.relation, day, uri, *facts, now))
+    if not (written or retired):
+        return 0, 0
     connection.execute("begin transaction")
     connection.execute(
         f"delete from {_MANIFEST} where relation = ? and day in (select unnest(?::date[]))",
@@ -199,29 +202,15 @@ def _export(
     return len(written), len(retired)
 
 
-def _has_files(connection: duckdb.DuckDBPyConnection, relation: str) -> bool:
-    """Whether ``relation`` was published before; if not, all of its days are (a new table, or the first
-    publication of a home made before the lake layout)."""
-    query = f"select count(*) from {_MANIFEST} where relation = ?"
-    return bool(connection.execute(query, [relation]).fetchall()[0][0])
-
-
-def _has_column(connection: duckdb.DuckDBPyConnection, relation: str, column: str) -> bool:
-    schema, name = relation.split(".")
-    return bool(
-        connection.execute(
-            "select count(*) from information_schema.columns "
-            "where table_catalog = current_database() and table_schema = ? and table_name = ? "
-            "and column_name = ?",
-            [schema, name, column],
-        ).fetchall()[0][0]
-    )
+def _version() -> str:
+    """A name that sorts by creation time and never repeats: for a day file or a catalog folder."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
 def _new_catalog(connection: duckdb.DuckDBPyConnection, snapshot: Path, found: list[_Table]) -> Path:
     """A new catalog file beside ``snapshot``: views over the published files, copies of the small tables,
     the warehouse's views, and the file list. Never modified once written."""
-    folder = _versions(snapshot) / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    folder = _versions(snapshot) / _version()
     folder.mkdir(parents=True)
     path = folder / snapshot.name
     warehouse = connection.execute("select current_database()").fetchall()[0][0]
