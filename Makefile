@@ -40,8 +40,8 @@ demo: install ## simulate data and run the whole pipeline end to end
 test: install browser ## the whole test suite, slow end-to-end tests included
 	$(RUN)/pytest
 
-test-fast: install browser ## everything but the slow end-to-end tests
-	$(RUN)/pytest -m "not slow"
+test-fast: install browser ## everything but the slow tests, on two workers (under 3 minutes on 2 cores)
+	$(RUN)/pytest -m "not slow" -n 2 --dist loadfile
 
 ui: install ## Dagster web UI and daemon on http://127.0.0.1:3000
 	$(RUN)/txguard ui

@@ -154,6 +154,7 @@ def tick(instance: dg.DagsterInstance, cursor: str | None, cooldown_hours: float
     return retraining_sensor(context)
 
 
+@pytest.mark.slow
 def test_simulated_drift_requests_retraining_once_per_cooldown(instance) -> None:
     calm = measure_calm_week(instance)
     assert calm.passed, calm.description

@@ -225,6 +225,7 @@ def test_a_multiprocess_backfill_under_the_pool_never_meets_a_lock(txguard_home:
         assert connection.execute("select count(*) from marts.fct_transactions").fetchone() == (60,)
 
 
+@pytest.mark.slow
 def test_each_day_of_a_range_records_its_own_row_counts(dagster_instance: dg.DagsterInstance) -> None:
     """Two days with different counts leave two different points per model in the instance, not the
     range's total twice; a dimension (not by day) records its whole table."""
@@ -250,6 +251,7 @@ def test_each_day_of_a_range_records_its_own_row_counts(dagster_instance: dg.Dag
     assert day_counts("dim_customers") == {"2018-04-01": 5, "2018-04-02": 5}
 
 
+@pytest.mark.slow
 def test_a_step_reuses_the_parse_of_this_code_version(txguard_home: Path) -> None:
     """The first dbt step saves its parse; a later step's dbt, with another window, starts from it and parses
     nothing (dbt would re-parse the whole project if its command line or profile differed)."""

@@ -389,6 +389,7 @@ LANDED = 14
 INGEST_CHECK = "rejected_share_below_threshold"
 
 
+@pytest.mark.slow
 def test_automation_follows_a_landed_day_down_the_chain_and_stops_at_a_failed_gate(
     txguard_home: Path,
 ) -> None:

@@ -136,6 +136,7 @@ def test_a_home_published_as_a_whole_file_copy_migrates_on_its_first_publication
     assert snapshot_answer(settings, PER_DAY) == warehouse_answer(settings, PER_DAY)
 
 
+@pytest.mark.slow
 def test_spark_reads_the_published_tables_with_the_same_counts_and_sums(home: Settings, spark) -> None:
     """The scale-out path: the file list in the catalog is all Spark needs (the README shows it)."""
     uris = [uri for uri in day_files(home, SCORES_TABLE).values()]
