@@ -126,10 +126,17 @@ class RunRow:
     steps: list[StepRow] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     materialized: list[str] = field(default_factory=list)
+    publication_seconds: list[float] = field(default_factory=list)
+    """Each analysts' publication the run made (after every warehouse write), from the warehouse's log."""
 
     @property
     def step_seconds(self) -> float:
         return sum(step.seconds for step in self.steps)
+
+    @property
+    def dbt_seconds(self) -> float:
+        """The dbt steps, each with the publication that follows its build."""
+        return sum(step.seconds for step in self.steps if step.step in DBT_STEPS)
 
 
 @dataclass
@@ -192,6 +199,8 @@ def timed_run(
     name: str, first: int, last: int, rows_by_day: dict[dt.date, int], memory: TreeMemory
 ) -> RunRow:
     """``txguard run --from day(first) --to day(last)`` (training as that command decides), measured."""
+    from jobs.platform.catalog import publication_log
+    from jobs.platform.settings import load_settings
     from orchestration.cli.pipeline import run_range
 
     start, end = day_of(first), day_of(last)
@@ -213,6 +222,8 @@ def timed_run(
         materialized=[key for outcome in outcomes for key in outcome.materialized],
     )
     run.steps = step_rows(run_ids, name, rows, memory)
+    since = dt.datetime.fromtimestamp(began, dt.UTC)
+    run.publication_seconds = [p.seconds for p in publication_log(load_settings().warehouse_path, since)]
     return run
 
 
@@ -297,11 +308,15 @@ def report_lines(report: ScaleReport) -> list[str]:
             if step.step in by_step and by_step[step.step].seconds > 0:
                 ratio = step.seconds / by_step[step.step].seconds
                 lines.append(f"  {step.step:26} {ratio:6.2f}×  {_verdict(ratio <= RATIO_TARGET)}")
+    lines += ["", "dbt and the analysts' publication"] + [f"  {line}" for line in warehouse_lines(report)]
     lines += ["", "targets (2 cores, 24 GiB)"] + [f"  {line}" for line in target_lines(report)]
     return lines
 
 
 RATIO_TARGET = 1.2
+DBT_STEPS = ("dbt_staging", "dbt_marts", "dbt_scoring_marts")
+DBT_DAILY_SECONDS = 15.0
+"""At F=1, the three dbt steps of a daily run in all."""
 INGEST_ROWS_PER_SECOND = 200_000
 DAILY_SECONDS = {1.0: 45.0, 10.0: 120.0}
 BACKFILL_F10 = (30 * 60.0, 12 * GIB)
@@ -355,6 +370,37 @@ def target_lines(report: ScaleReport) -> list[str]:
 
 
 TRAINING_STEPS = ("fraud_model", "model_promotion")
+
+
+def warehouse_lines(report: ScaleReport) -> list[str]:
+    """Per run, the dbt steps and the publications in them; the single days against their targets."""
+    lines = []
+    for run in report.runs:
+        published = run.publication_seconds
+        lines.append(
+            f"{run.name:18} dbt steps {run.dbt_seconds:7.1f} s   {len(published)} publications "
+            f"{sum(published):6.2f} s (longest {max(published, default=0.0):.2f} s)"
+        )
+    early, late = report.run("early day"), report.run("late day")
+    if early is None or late is None:
+        return lines
+    if report.factor == 1.0:
+        for run in (early, late):
+            lines.append(
+                f"dbt, {run.name}: {run.dbt_seconds:.1f} s, target ≤ {DBT_DAILY_SECONDS:.0f} s  "
+                f"{_verdict(run.dbt_seconds <= DBT_DAILY_SECONDS)}"
+            )
+    for what, measured_early, measured_late in (
+        ("dbt steps", early.dbt_seconds, late.dbt_seconds),
+        ("publication", sum(early.publication_seconds), sum(late.publication_seconds)),
+    ):
+        if measured_early > 0:
+            ratio = measured_late / measured_early
+            lines.append(
+                f"{what}, day {report.late} against day {report.early}: {ratio:.2f}×, "
+                f"target ≤ {RATIO_TARGET}×  {_verdict(ratio <= RATIO_TARGET)}"
+            )
+    return lines
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -44,6 +44,7 @@ CATALOG_SCHEMA = "txguard_catalog"
 FILES_TABLE = f"{CATALOG_SCHEMA}.files"
 _MANIFEST = "publication.table_files"
 _RETIRED = "publication.retired_files"
+_LOG = "publication.log"
 CATALOG_COPIES_KEPT = 3
 CATALOG_GRACE_SECONDS = 60.0
 RETIRED_GRACE_SECONDS = 3600.0
@@ -61,6 +62,14 @@ create table if not exists {_MANIFEST} (
     primary key (relation, day)
 );
 create table if not exists {_RETIRED} (uri varchar not null, retired_at timestamptz not null);
+create table if not exists {_LOG} (
+    published_at timestamptz not null,
+    catalog varchar not null,
+    days integer,
+    files_written integer not null,
+    files_retired integer not null,
+    seconds double not null
+);
 """
 
 
@@ -110,9 +119,25 @@ def publish_snapshot(
             written, retired = written + new, retired + old
         catalog = _new_catalog(connection, snapshot, found)
         _prune_retired(connection)
-    _switch(snapshot, catalog)
-    _prune_catalogs(catalog.parent.parent, catalog.parent)
-    return Publication(catalog, written, retired, time.perf_counter() - started)
+        _switch(snapshot, catalog)
+        _prune_catalogs(catalog.parent.parent, catalog.parent)
+        published = Publication(catalog, written, retired, time.perf_counter() - started)
+        connection.execute(
+            f"insert into {_LOG} values (now(), ?, ?, ?, ?, ?)",
+            [str(catalog), None if wanted is None else len(wanted), written, retired, published.seconds],
+        )
+    return published
+
+
+def publication_log(warehouse: Path, since: dt.datetime) -> list[Publication]:
+    """The publications made since ``since``, oldest first: what each cost (the scale benchmark reads it)."""
+    with connect(warehouse, read_only=True) as connection:
+        logged = connection.execute(
+            f"select catalog, files_written, files_retired, seconds from {_LOG} "
+            "where published_at >= ? order by published_at",
+            [since],
+        ).fetchall()
+    return [Publication(Path(name), written, retired, seconds) for name, written, retired, seconds in logged]
 
 
 def publish(

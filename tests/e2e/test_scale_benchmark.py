@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_scale import EARLY_DAY, TRAINING_STEPS, measure, report_lines
+from benchmarks.bench_scale import DBT_STEPS, EARLY_DAY, TRAINING_STEPS, measure, report_lines
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,7 @@ def test_a_tiny_scale_run_measures_every_step_and_trains_only_in_the_first_backf
     for run in report.runs:
         assert not [f for f in run.failed if not f.startswith(("feature_drift", "model_performance"))], run
         assert run.rows > 0 and run.peak_bytes > 0 and run.seconds > 0
+        assert len(run.publication_seconds) >= len(DBT_STEPS) and all(s > 0 for s in run.publication_seconds)
         steps = {step.step: step for step in run.steps}
         assert set(steps) >= DAILY_STEPS, (run.name, sorted(steps))
         for step in run.steps:
@@ -60,5 +61,6 @@ def test_a_tiny_scale_run_measures_every_step_and_trains_only_in_the_first_backf
 
     printed = "\n".join(report_lines(report))
     assert "late/early" in printed and "targets" in printed
+    assert "publication, day" in printed and "dbt steps, day" in printed
     for step in DAILY_STEPS:
         assert step in printed

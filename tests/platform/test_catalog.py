@@ -12,7 +12,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from jobs.platform.catalog import FILES_TABLE, connect_snapshot, publish
+from jobs.platform.catalog import FILES_TABLE, connect_snapshot, publication_log, publish
 from jobs.platform.layout import SCORES_TABLE
 from jobs.platform.settings import Settings, load_settings
 from jobs.platform.warehouse import connect
@@ -88,6 +88,12 @@ def test_a_publication_writes_only_the_days_that_changed(home: Settings) -> None
     assert Path(before[DAYS[1]]).exists(), "a retired file is kept a while"
     assert snapshot_answer(home, PER_DAY) == warehouse_answer(home, PER_DAY)
     assert snapshot_answer(home, PER_DAY)[1][1] == 50
+    logged = publication_log(home.warehouse_path, since=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    assert [(p.catalog, p.files_written, p.files_retired) for p in logged[-2:]] == [
+        (unchanged.catalog, 0, 0),
+        (changed.catalog, 2, 2),
+    ]
+    assert all(p.seconds > 0 for p in logged)
 
 
 def test_a_day_without_rows_leaves_the_catalog_and_a_full_reconcile_finds_unannounced_changes(
