@@ -9,8 +9,9 @@ whole chain as one headless range run, as ``txguard demo`` does, which leaves a 
 Timed: ONE run of ``daily_pipeline`` for the next day's partition, launched the way the daemon's runs
 execute: ``execute_job`` on the job reconstructed from the code location ``workspace.yaml`` names (through
 ``ReconstructableRepository``, Dagster's own origin for a job of a code location; no public API builds one
-for a job inside a ``Definitions``), on the job's default executor (multiprocess: one spawned process per
-step, at most one per core), recorded in the instance. What is counted, all from the run's event log:
+for a job inside a ``Definitions``), on the location's executor (``step_processes``: a process per step,
+at most one per core, forked from a server that loaded the location once), recorded in the instance. What
+is counted, all from the run's event log:
 
 * wall: ``RUN_START`` → ``RUN_SUCCESS``/``RUN_FAILURE``; the process-level time around ``execute_job`` is
   shown too (it adds planning and the instance's bookkeeping before ``RUN_START``). A run launched by the
@@ -18,8 +19,9 @@ step, at most one per core), recorded in the instance. What is counted, all from
   that is not in either figure, and the code-location load time shown below is its size.
 * compute of a step: ``STEP_START`` → ``STEP_SUCCESS``/``STEP_FAILURE``. The Spark feature job's JVM and
   dbt's start-up happen inside their steps and count as compute.
-* launch of a step: ``STEP_WORKER_STARTING`` (the run process spawns it) → ``STEP_START`` (the new process
-  has imported Dagster, loaded the code location, planned its step and built its resources).
+* launch of a step: ``STEP_WORKER_STARTING`` (the run process asks for it) → ``STEP_START`` (the forked
+  process has planned its step and built its resources; the first step also waits for the server to load
+  the code location).
 * overhead: wall − Σ compute. Steps that overlap (two cores, two step processes at once) make this an
   underestimate, even a negative one, so the time during which no step was computing is printed too; that
   one is never smaller, and the first verdict needs both under the goal.
@@ -300,7 +302,7 @@ def main() -> None:
     )
     print(
         f"code location load (fresh interpreter, median of {LOAD_REPEATS}): import {location:.2f} s, "
-        f"import and resolve daily_pipeline {job_load:.2f} s; every step process pays it"
+        f"import and resolve daily_pipeline {job_load:.2f} s; the run and its fork server pay it"
     )
     print(f"\ngoal: overhead < {GOAL_SHARE:.0%} of wall")
     verdict = "OK" if success and max(overhead, idle) < GOAL_SHARE * wall else "MISSED"

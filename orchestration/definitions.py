@@ -2,6 +2,8 @@
 
 Loading this module imports Dagster and the domain modules only: Spark, Great Expectations, MLflow and
 LightGBM are imported inside asset bodies so that the UI and the daemon load the location quickly.
+A run's steps are forked from a server that has loaded this module once (``step_processes``), so a step
+process does not load the location again.
 """
 
 import dagster as dg
@@ -19,6 +21,14 @@ from orchestration.defs import (
 from orchestration.partitions import daily_partitions
 from orchestration.resources import TxguardSettings
 from orchestration.runs import CHAIN_AFTER_INGEST_JOB, PIPELINE_JOB
+
+step_processes = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": [__name__]}}},
+    name="step_processes",
+)
+"""A process per step, as Dagster's default executor runs them, but forked from a forkserver that imported
+the code location once per run, instead of spawned fresh: a spawned step process imports Dagster and the
+location again (dagster-dbt, and the dbt it imports, most of it) before its step starts."""
 
 daily_pipeline = dg.define_asset_job(
     PIPELINE_JOB,
@@ -43,5 +53,9 @@ defs = dg.Definitions.merge(
     monitoring.defs,
     governance.defs,
     recovery.defs,
-    dg.Definitions(jobs=[daily_pipeline, chain_after_ingest], resources={"settings": TxguardSettings()}),
+    dg.Definitions(
+        jobs=[daily_pipeline, chain_after_ingest],
+        resources={"settings": TxguardSettings()},
+        executor=step_processes,
+    ),
 )
