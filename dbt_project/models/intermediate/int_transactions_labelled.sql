@@ -1,12 +1,4 @@
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='partition_window',
-        partition_column='tx_date',
-        lookback_days=var('label_delay_days'),
-        on_schema_change='fail',
-    )
-}}
+{{ config(lookback_days=var('label_delay_days')) }}
 {%- set cutoff = label_cutoff() -%}
 
 with transactions as (

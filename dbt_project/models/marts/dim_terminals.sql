@@ -1,7 +1,7 @@
 {{
     config(
-        materialized='incremental',
         incremental_strategy='delete+insert',
+        partition_column=none,
         unique_key='terminal_id',
     )
 }}

@@ -1,11 +1,4 @@
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='partition_window',
-        partition_column='report_date',
-        on_schema_change='fail',
-    )
-}}
+{{ config(partition_column='report_date') }}
 
 with source as (
 

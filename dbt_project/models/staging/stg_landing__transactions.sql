@@ -1,12 +1,3 @@
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='partition_window',
-        partition_column='tx_date',
-        on_schema_change='fail',
-    )
-}}
-
 with source as (
 
     select * from {{ lake_partitions('landing', 'transactions') }}
