@@ -16,6 +16,7 @@ environment, so every step runs the same command line and starts from the parse 
 """
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from dagster_dbt import (
     DbtProject,
     dbt_assets,
 )
+from packaging.version import Version
 
 from jobs.platform.catalog import publish
 from jobs.platform.layout import parse_day
@@ -285,6 +287,19 @@ def build_window(context: dg.AssetExecutionContext, dbt: DbtCliResource, setting
     context.log.info(f"dbt built {window}; snapshot published at {settings.snapshot_path}")
 
 
+class EnvironmentDbtCliResource(DbtCliResource):
+    """dagster-dbt's resource, running the dbt-core installed in this environment (``DBT_EXECUTABLE``).
+
+    dagster-dbt learns which dbt it drives (Core or Fusion) by running ``dbt --version`` once per process
+    that invokes dbt: a Python start and dbt's imports, about 2 s of every run and, under the daemon, of
+    every dbt step. The version of the dbt-core package beside this interpreter is the same answer.
+    """
+
+    @cached_property
+    def _cli_version(self) -> Version:
+        return Version(importlib.metadata.version("dbt-core"))
+
+
 def window_dbt_assets(
     name: str, description: str, *, select: str = "fqn:*", exclude: str | None = None
 ) -> dg.AssetsDefinition:
@@ -387,7 +402,7 @@ defs = dg.Definitions(
     assets=[dbt_staging, dbt_marts, dbt_scoring_marts],
     asset_checks=[gx_staged_suites],
     resources={
-        "dbt": DbtCliResource(
+        "dbt": EnvironmentDbtCliResource(
             project_dir=dbt_project,
             dbt_executable=bound_launcher(DBT_EXECUTABLE, dbt_project.manifest_path.parent),
         )

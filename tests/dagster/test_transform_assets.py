@@ -280,3 +280,13 @@ def test_a_step_reuses_the_parse_of_this_code_version(txguard_home: Path) -> Non
             "select tx_date, count(*) from staging.stg_landing__transactions group by 1 order by 1"
         ).fetchall()
     assert [count for _, count in counts] == [20, 7]
+
+
+def test_the_dbt_resource_knows_the_version_its_executable_reports() -> None:
+    """dagster-dbt picks its dbt Core or Fusion path from this version; the resource takes it from the
+    environment's dbt-core instead of starting ``dbt --version`` in every step, so it must be the same."""
+    reported = subprocess.run(
+        [transform.DBT_EXECUTABLE, "--version"], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    version = transform.defs.resources["dbt"]._cli_version
+    assert f"installed: {version}" in reported
