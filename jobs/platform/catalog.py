@@ -12,7 +12,9 @@ Why this shape (docs/architecture.md, "Warehouse"):
   home made before this layout, whose whole-file copy is replaced by the first catalog (the migration).
 - The catalog is a new DuckDB file each time: a view per day-partitioned table over exactly its current
   files, a copy of every other table (dimensions, the audit ledger; small), the warehouse's own views, and
-  ``txguard_catalog.files``, the file list Spark reads. ``snapshot`` is a symbolic link switched to it by an
+  ``txguard_catalog.files``, the file list Spark reads. A view matches columns by name only where its files'
+  schemas differ (a column added later): that reads every file's footer, a cost that grows with the
+  history, where files of one schema need one. ``snapshot`` is a symbolic link switched to it by an
   atomic rename: a reader resolves the link once and reads one catalog, whose files stay in place.
 - Retired files are kept ``RETIRED_GRACE_SECONDS``: a connection opened on an older catalog keeps its view
   at least that long after a newer one is published, and sees the new one when it reconnects.
@@ -21,6 +23,7 @@ Why this shape (docs/architecture.md, "Warehouse"):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 import time
@@ -35,6 +38,7 @@ from jobs.platform.warehouse import LOCK_WAIT_SECONDS, connect, open_with_backof
 
 if TYPE_CHECKING:
     import duckdb
+    import pyarrow as pa
 
     from jobs.platform.settings import Settings
 
@@ -59,8 +63,10 @@ create table if not exists {_MANIFEST} (
     row_count bigint not null,
     fingerprint hugeint not null,
     published_at timestamptz not null,
+    file_schema varchar,
     primary key (relation, day)
 );
+alter table {_MANIFEST} add column if not exists file_schema varchar;
 create table if not exists {_RETIRED} (uri varchar not null, retired_at timestamptz not null);
 create table if not exists {_LOG} (
     published_at timestamptz not null,
@@ -210,8 +216,9 @@ def _export(
         if facts is not None:
             uri = join(tables, table.relation, day.isoformat(), f"{_version()}.parquet")
             query = f"select * from {relation} where {column} = ? {order}"
-            write_parquet_atomic(connection.sql(query, params=[day]).to_arrow_table(), uri)
-            written.append((table.relation, day, uri, *facts, now))
+            rows = connection.sql(query, params=[day]).to_arrow_table()
+            write_parquet_atomic(rows, uri)
+            written.append((table.relation, day, uri, *facts, now, _schema_digest(rows.schema)))
     if not (written or retired):
         return 0, 0
     connection.execute("begin transaction")
@@ -220,11 +227,20 @@ def _export(
         [table.relation, replaced],
     )
     if written:
-        connection.executemany(f"insert into {_MANIFEST} values (?, ?, ?, ?, ?, ?)", written)
+        connection.executemany(
+            f"insert into {_MANIFEST} (relation, day, uri, row_count, fingerprint, published_at, "
+            "file_schema) values (?, ?, ?, ?, ?, ?, ?)",
+            written,
+        )
     if retired:
         connection.executemany(f"insert into {_RETIRED} values (?, ?)", retired)
     connection.execute("commit")
     return len(written), len(retired)
+
+
+def _schema_digest(schema: pa.Schema) -> str:
+    """A day file's columns and types, in order: files with the same digest can be read as one."""
+    return hashlib.sha256(";".join(f"{field.name}:{field.type}" for field in schema).encode()).hexdigest()
 
 
 def _version() -> str:
@@ -239,11 +255,13 @@ def _new_catalog(connection: duckdb.DuckDBPyConnection, snapshot: Path, found: l
     folder.mkdir(parents=True)
     path = folder / snapshot.name
     warehouse = connection.execute("select current_database()").fetchall()[0][0]
-    files = dict(
-        connection.execute(
-            f"select relation, list(uri order by day) from {_MANIFEST} group by relation"
+    files = {
+        relation: (uris, one_schema)
+        for relation, uris, one_schema in connection.execute(
+            f"select relation, list(uri order by day), "
+            f"count(distinct file_schema) = 1 and count(file_schema) = count(*) from {_MANIFEST} group by 1"
         ).fetchall()
-    )
+    }
     views = connection.execute(
         "select schema_name, sql from duckdb_views() "
         "where not internal and database_name = current_database() and schema_name not in (select unnest(?))",
@@ -257,10 +275,12 @@ def _new_catalog(connection: duckdb.DuckDBPyConnection, snapshot: Path, found: l
             connection.execute(f"create schema if not exists published.{quoted_relation(schema)}")
         for table in found:
             target = f"published.{quoted_relation(table.relation)}"
-            if table.day_column is not None and files.get(table.relation):
-                uris = ", ".join(_literal(uri) for uri in files[table.relation])
+            if table.day_column is not None and table.relation in files:
+                uris, one_schema = files[table.relation]
+                listed = ", ".join(_literal(uri) for uri in uris)
                 connection.execute(
-                    f"create view {target} as select * from read_parquet([{uris}], union_by_name = true)"
+                    f"create view {target} as "
+                    f"select * from read_parquet([{listed}], union_by_name = {str(not one_schema).lower()})"
                 )
             else:
                 empty = " limit 0" if table.day_column is not None else ""

@@ -122,6 +122,33 @@ def test_a_connection_keeps_its_catalog_until_it_reconnects(home: Settings) -> N
     assert snapshot_answer(home, PER_DAY)[0][1] == 10
 
 
+REVIEWED = "select day, count(reviewed), count(*) from scoring.transaction_scores group by 1 order by 1"
+
+
+def add_reviewed_column(settings: Settings, day: dt.date) -> None:
+    """A column added to the scores after the first publication, set on one day."""
+    with connect(settings.warehouse_path) as connection:
+        connection.execute(f"alter table {SCORES_TABLE} add column reviewed boolean")
+        connection.execute(f"update {SCORES_TABLE} set reviewed = true where day = ?", [day])
+
+
+def test_a_column_added_later_reads_as_null_on_the_days_published_before_it(home: Settings) -> None:
+    """The republished day's file has the new column and the others do not: the view matches by name."""
+    add_reviewed_column(home, DAYS[1])
+    publish(home, [DAYS[1]], relations=(SCORES_TABLE,))
+    assert snapshot_answer(home, REVIEWED) == warehouse_answer(home, REVIEWED)
+    assert snapshot_answer(home, REVIEWED) == [(DAYS[0], 0, 300), (DAYS[1], 120, 120), (DAYS[2], 0, 75)]
+
+
+def test_files_published_before_schemas_were_recorded_are_read_by_column_name(home: Settings) -> None:
+    """A manifest from before the file schemas were recorded: its files may differ, so they are matched."""
+    with connect(home.warehouse_path) as connection:
+        connection.execute("alter table publication.table_files drop column file_schema")
+    add_reviewed_column(home, DAYS[2])
+    publish(home, [DAYS[2]], relations=(SCORES_TABLE,))
+    assert snapshot_answer(home, REVIEWED) == [(DAYS[0], 0, 300), (DAYS[1], 0, 120), (DAYS[2], 75, 75)]
+
+
 def test_a_home_published_as_a_whole_file_copy_migrates_on_its_first_publication(txguard_home: Path) -> None:
     """A home of the previous layout: a warehouse never published to the lake, its snapshot a link to a full
     copy. The first publication, though told of one day only, publishes every day and replaces the link."""
