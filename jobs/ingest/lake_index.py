@@ -55,22 +55,27 @@ class _Partition:
 class LakeIndex:
     """A few columns of what one lake dataset already accepted, held per partition ``date``.
 
-    Read once per run and kept current as the run writes each day. A lookup searches only the partitions
-    whose id range meets the ids asked for, so a day of a long backfill costs about the same as the first.
+    Opening it reads each partition's id range from its files' Parquet statistics (their footers), not its
+    rows; a lookup then reads, once, only the partitions whose range meets the ids asked for, and searches
+    those. Ids grow with time, so a new day's lookup reads the few recent days it can meet, whatever the
+    history. The run keeps it current as it writes each day.
     """
 
     def __init__(self, lake: str, dataset: str, columns: Sequence[str]) -> None:
         self._uri = dataset_uri(lake, dataset)
         self._columns = list(columns)
-        self._days: dict[str, _Partition] | None = None
+        self._ranges: dict[str, tuple[int, int] | None] | None = None
+        """Each partition's id range from its statistics; None where a file has none (read it to know)."""
+        self._files: dict[str, list[ds.ParquetFileFragment]] = {}
+        self._read: dict[str, _Partition] = {}
 
-    def _partitions(self) -> dict[str, _Partition]:
-        if self._days is None:
-            self._days = {day: _Partition.of(rows) for day, rows in self._load().items()}
-        return self._days
+    def _days(self) -> dict[str, tuple[int, int] | None]:
+        if self._ranges is None:
+            self._ranges = self._scan()
+        return self._ranges
 
-    def _load(self) -> dict[str, pa.Table]:
-        """Each ``date=D`` partition of the dataset (its files together), the index's columns only."""
+    def _scan(self) -> dict[str, tuple[int, int] | None]:
+        """Each ``date=D`` partition's files and the id range their footers give."""
         fs, path = filesystem(self._uri)
         if not fs.exists(path):
             return {}
@@ -80,12 +85,25 @@ class LakeIndex:
             format="parquet",
             partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
         )
-        pieces: dict[str, list[pa.Table]] = {}
+        ranges: dict[str, tuple[int, int] | None] = {}
         for fragment in dataset.get_fragments():
             day = ds.get_partition_keys(fragment.partition_expression).get("date")
-            if day is not None:
-                pieces.setdefault(day, []).append(fragment.to_table(columns=self._columns))
-        return {day: pa.concat_tables(tables) for day, tables in pieces.items()}
+            if day is None:
+                continue
+            self._files.setdefault(day, []).append(fragment)
+            ranges[day] = _widened(ranges.get(day, _NOTHING), _id_range(fragment))
+        return ranges
+
+    def _meeting(self, day: str, wanted: np.ndarray) -> _Partition | None:
+        """The day's rows if its id range can hold one of ``wanted`` (sorted), read on first need."""
+        if day not in self._read:
+            held = self._days()[day]
+            if held is not None and not (len(wanted) and held[0] <= wanted[-1] and wanted[0] <= held[1]):
+                return None
+            tables = [fragment.to_table(columns=self._columns) for fragment in self._files[day]]
+            self._read[day] = _Partition.of(pa.concat_tables(tables))
+        partition = self._read[day]
+        return partition if partition.meets(wanted) else None
 
     def lookup(
         self, ids: pd.Series, *, exclude_day: str | None = None, through_day: str | None = None
@@ -96,10 +114,11 @@ class LakeIndex:
         if not (wanted[1:] > wanted[:-1]).all():
             wanted = np.unique(wanted)
         tables, dates = [], []
-        for day, partition in sorted(self._partitions().items()):
+        for day in sorted(self._days()):
             if day == exclude_day or (through_day is not None and day > through_day):
                 continue
-            positions = partition.find(wanted) if partition.meets(wanted) else []
+            partition = self._meeting(day, wanted)
+            positions = partition.find(wanted) if partition is not None else []
             if len(positions):
                 tables.append(partition.rows.take(positions))
                 dates += [day] * len(positions)
@@ -111,7 +130,32 @@ class LakeIndex:
 
     def replace(self, day: str, accepted: pa.Table) -> None:
         """Hold ``day`` as just written (its accepted rows), in place of what the lake held for it."""
-        self._partitions()[day] = _Partition.of(accepted.select(self._columns))
+        self._days()[day] = None
+        self._files.pop(day, None)
+        self._read[day] = _Partition.of(accepted.select(self._columns))
+
+
+_NOTHING = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)
+"""The id range of no rows: widened by the first file's."""
+
+
+def _widened(held: tuple[int, int] | None, found: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Both ranges in one; unknown if either is."""
+    if held is None or found is None:
+        return None
+    return min(held[0], found[0]), max(held[1], found[1])
+
+
+def _id_range(fragment: ds.ParquetFileFragment) -> tuple[int, int] | None:
+    """The lowest and highest transaction_id of a file from its row groups' statistics; None without them."""
+    fragment.ensure_complete_metadata()
+    low, high = _NOTHING
+    for group in fragment.row_groups:
+        statistics = (group.statistics or {}).get("transaction_id")
+        if not statistics or statistics.get("min") is None or statistics.get("max") is None:
+            return None
+        low, high = min(low, statistics["min"]), max(high, statistics["max"])
+    return low, high
 
 
 @dataclass

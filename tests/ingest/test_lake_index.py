@@ -82,3 +82,21 @@ def test_lookups_match_a_scan_of_every_row(tmp_path: Path, seed: int) -> None:
         assert found["transaction_id"].tolist() == expected["transaction_id"].tolist()
         assert found["date"].tolist() == expected["date"].tolist()
         assert found["tx_datetime"].tolist() == expected["tx_datetime"].tolist()
+
+
+def test_a_lookup_reads_only_the_partitions_whose_id_range_can_hold_an_asked_id(tmp_path: Path) -> None:
+    """Days of ids 0-99, 100-199 and 200-299: once the index is open, a lookup of recent ids reads the last
+    day's rows only, so it still answers with the older days' files gone; an old id needs their rows."""
+    rng = np.random.default_rng(3)
+    lake = str(tmp_path / "lake")
+    for n, day in enumerate(DAYS[:3]):
+        write_parquet_atomic(
+            partition(np.arange(n * 100, n * 100 + 100), day, rng), partition_uri(lake, RAW_TRANSACTIONS, day)
+        )
+    index = LakeIndexes.open(lake).transactions
+    assert index.lookup(pd.Series([250, 400]))["date"].tolist() == [DAYS[2].isoformat()]
+    for day in DAYS[:2]:
+        Path(partition_uri(lake, RAW_TRANSACTIONS, day)).unlink()
+    assert index.lookup(pd.Series([260, 299]))["transaction_id"].tolist() == [260, 299]
+    with pytest.raises(FileNotFoundError):
+        index.lookup(pd.Series([50]))
