@@ -10,6 +10,11 @@ What runs, on a fresh data home, exactly as ``txguard run`` runs it (``run_range
 4. the backfill of days early + 1 .. late − 1, as one run;
 5. day ``late`` (180) alone: the daily chain on a long history.
 
+With ``--warm-spark`` a Spark Connect server is started first and every feature build connects to it, as
+the daemon's do under ``txguard ui``; without it each build starts its own local Spark, as a plain
+``txguard run`` does. Every run shares this process, as the days of one ``txguard run`` do: libraries
+imported by one run's steps are not imported again by the next.
+
 The early and late days are run on a lake that holds only the days before them, so each measures a day's
 cost on the history behind it, which is what grows with time. For every step of every run (from the run's
 Dagster event log, ``STEP_START`` to ``STEP_SUCCESS``/``STEP_FAILURE``) it prints the wall time, the run's
@@ -25,9 +30,12 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -151,6 +159,7 @@ class ScaleReport:
     late: int
     simulate: StepRow
     runs: list[RunRow]
+    spark: str = "a local Spark per feature build"
 
     def run(self, name: str) -> RunRow | None:
         return next((run for run in self.runs if run.name == name), None)
@@ -262,7 +271,9 @@ def measure(
         for name, first, last in plan:
             print(f"\n--- {name}: days {first}..{last}", flush=True)
             runs.append(timed_run(name, first, last, rows_by_day, memory))
-    return ScaleReport(factor, customers, terminals, days, early, late, simulated, runs)
+    remote = load_settings().spark_remote
+    spark = f"the Spark Connect server at {remote}" if remote else ScaleReport.spark
+    return ScaleReport(factor, customers, terminals, days, early, late, simulated, runs, spark)
 
 
 def transactions_by_day(transactions: pa.Table) -> dict[dt.date, int]:
@@ -283,7 +294,7 @@ def report_lines(report: ScaleReport) -> list[str]:
     lines = [
         f"factor {report.factor:g}: {report.customers:,} cards, {report.terminals:,} terminals, "
         f"{report.days} days; early day {report.early} ({day_of(report.early)}), late day {report.late} "
-        f"({day_of(report.late)})",
+        f"({day_of(report.late)}); features on {report.spark}",
         "",
         f"{'run':18} {'step':26} {'seconds':>9} {'rows':>12} {'rows/s':>11} {'peak GiB':>9}  status",
     ]
@@ -410,7 +421,41 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--early", type=int, default=EARLY_DAY, help="the short-history day")
     parser.add_argument("--late", type=int, default=LATE_DAY, help="the long-history day")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warm-spark",
+        action="store_true",
+        help="start a Spark Connect server first and build the features on it, as the daemon does under "
+        "txguard ui (its JVM counts in the peak memory)",
+    )
     return parser.parse_args(argv)
+
+
+SPARK_SERVER_START_S = 180.0
+
+
+@contextlib.contextmanager
+def warm_spark(home: Path) -> Iterator[None]:
+    """A Spark Connect server for the runs, named in the settings' environment: what ``txguard ui`` keeps."""
+    from jobs.platform.settings import variable
+    from jobs.platform.spark import connect_server_reachable
+    from orchestration.cli.spark_server import connect_url, start_bound_server, stop_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = connect_url("127.0.0.1", port)
+    began = time.perf_counter()
+    server = start_bound_server("127.0.0.1", port, home / "spark" / "connect-server.log")
+    try:
+        while not connect_server_reachable(url, timeout_s=1.0):
+            if server.poll() is not None or time.perf_counter() - began > SPARK_SERVER_START_S:
+                raise SystemExit(f"the Spark Connect server did not start: see {home / 'spark'}")
+            time.sleep(0.5)
+        print(f"Spark Connect server {url} up in {time.perf_counter() - began:.1f} s", flush=True)
+        os.environ[variable("spark_remote")] = url
+        yield
+    finally:
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     args = arguments(argv)
     if not args.factor > 0:
         raise SystemExit("--factor must be positive")
-    with temporary_home():
+    with temporary_home() as home, warm_spark(home) if args.warm_spark else contextlib.nullcontext():
         report = measure(args.factor, days=args.days, early=args.early, late=args.late, seed=args.seed)
     print()
     print("\n".join(report_lines(report)))
