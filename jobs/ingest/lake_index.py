@@ -42,7 +42,7 @@ class _Partition:
 
     def meets(self, wanted: np.ndarray) -> bool:
         """Whether the id range held here overlaps that of ``wanted`` (sorted)."""
-        return bool(len(self.ids) and len(wanted) and self.ids[0] <= wanted[-1] and wanted[0] <= self.ids[-1])
+        return bool(len(self.ids)) and _overlaps((self.ids[0], self.ids[-1]), wanted)
 
     def find(self, wanted: np.ndarray) -> np.ndarray:
         """Where the ``wanted`` ids (sorted, unique) are held here: the first row of each, in row order."""
@@ -98,7 +98,7 @@ class LakeIndex:
         """The day's rows if its id range can hold one of ``wanted`` (sorted), read on first need."""
         if day not in self._read:
             held = self._days()[day]
-            if held is not None and not (len(wanted) and held[0] <= wanted[-1] and wanted[0] <= held[1]):
+            if held is not None and not _overlaps(held, wanted):
                 return None
             tables = [fragment.to_table(columns=self._columns) for fragment in self._files[day]]
             self._read[day] = _Partition.of(pa.concat_tables(tables))
@@ -133,6 +133,11 @@ class LakeIndex:
         self._days()[day] = None
         self._files.pop(day, None)
         self._read[day] = _Partition.of(accepted.select(self._columns))
+
+
+def _overlaps(ids: tuple[int, int], wanted: np.ndarray) -> bool:
+    """Whether ids from ``ids[0]`` to ``ids[1]`` can hold one of ``wanted`` (sorted)."""
+    return bool(len(wanted) and ids[0] <= wanted[-1] and wanted[0] <= ids[1])
 
 
 _NOTHING = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)
